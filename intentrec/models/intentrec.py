@@ -1,0 +1,255 @@
+"""IntentRec (Oh et al., Netflix, arXiv 2408.05353; "FM-Intent"): hierarchical multi-task
+next-intent and next-item prediction. DESIGN.md section 1 has the equations; here they are
+in the order the forward pass runs them:
+
+1. ``F_k``: item embedding ⊕ categorical embeddings ⊕ pooled multi-categorical embeddings ⊕
+   numeric columns (:class:`~intentrec.models.features.FeatureEmbedding`, shared by all
+   variants).
+2. ``S_k`` (``short_term``): a transformer over ``F`` (projected to ``d_model``) whose mask is
+   "causal AND ``T_k - T_i <= H`` AND key is real", so one pass yields every ``S_k`` =
+   Enc_short(F_pos..F_k). With ``short_term_layers > 1`` the receptive field of a stack
+   reaches ``layers x H`` back (a key inside the window summarises its own window); the
+   default single layer is exactly the paper's definition.
+3. Intent predictor: ``[F_k ⊕ S_k]`` -> Linear + LayerNorm (+ timestamp encoding) -> causal
+   transformer -> ``E_k^intent`` -> one Linear head per intent (logits; softmax for single-
+   label intents, sigmoid for multi-label ones).
+4. Intent embedding: ``p_i = softmax|sigmoid(logits_i)``, ``Proj_i: R^{C_i} -> R^{d_proj}``,
+   ``α_i = FC_att(Proj_i(p_i))`` with ONE scorer shared by the heads,
+   ``Z_k = Σ_i softmax(α)_i Proj_i(p_i)``; ``head_weights = softmax(α)``.
+5. Item predictor: a SEPARATE causal transformer of the same shape over
+   Linear + LayerNorm(``[F_k ⊕ S_k ⊕ Z_k]``) -> ``E_k^item`` -> item scores.
+
+The "timestamp embeddings as positional encoding" are :class:`~intentrec.models.blocks.TimeEncoding`
+(recency position + log gap to the previous event + hour of day + day of week); each
+transformer has its own.
+
+Switches (set by ``resolve_variant`` from ``model.variant``, or by hand with ``custom``):
+
+* ``hierarchical=False`` (V0, V1): ONE transformer over ``[F ⊕ S]``; the intent heads (V1)
+  and the item head both read its output; no ``Z_k``, ``head_weights`` is None.
+* ``hierarchical=True`` (V2, V3): the pipeline above. With no intent heads it degrades to
+  one transformer over ``[F ⊕ S]`` (no ``Z_k``).
+* ``short_term`` (V3): adds ``S_k``.
+* ``intent_heads``: which intents get heads (None = all the schema's, [] = none); heads are
+  kept in schema order, which is the order of ``intent_names`` and of ``head_weights``.
+
+Output: ``hidden`` is ``E^item`` projected by a Linear to the item-embedding size when
+``tie_item_embeddings`` (scores = ``hidden @ E_item.T + b``, ``b`` a learned per-item bias,
+zero-initialised: our addition, it lets the model learn popularity) and ``E^item`` itself
+otherwise, scored by a separate ``Linear(d_model -> num_items)`` with bias.
+
+Choices the paper leaves open (documented here, exposed in config where they are sizes):
+pre-LN GPT-style blocks with 4x GELU FFNs, item embedding size ``d_model``, categorical
+embedding size ``feature_dim``, dropout after the input projection and inside the blocks,
+normal(0, 0.02) init of Linears and normal(0, 1/sqrt(dim)) of embeddings, and gradients of
+the item loss flow into the intent predictor through ``Z_k`` (end-to-end hierarchical
+training).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from intentrec import batch as B
+from intentrec.config import ModelConfig
+from intentrec.data.schema import DataSchema, IntentSpec
+from intentrec.models.blocks import (
+    TimeEncoding,
+    TransformerEncoder,
+    attention_flops,
+    attention_mask,
+    linear_flops,
+)
+from intentrec.models.features import FeatureEmbedding
+from intentrec.models.output import ModelOutput
+
+
+def select_intent_heads(intent_heads: list[str] | None, schema: DataSchema) -> list[IntentSpec]:
+    """The IntentSpecs that get a head, in schema order; unknown names raise naming the key."""
+    valid = [spec.name for spec in schema.intents]
+    if intent_heads is None:
+        return list(schema.intents)
+    wanted = list(intent_heads)
+    unknown = [name for name in wanted if name not in valid]
+    if unknown:
+        raise ValueError(
+            f"config key 'model.intent_heads': unknown intent(s) {unknown}; valid names: {valid}"
+        )
+    if len(set(wanted)) != len(wanted):
+        raise ValueError(f"config key 'model.intent_heads': duplicate names in {wanted}")
+    return [spec for spec in schema.intents if spec.name in wanted]
+
+
+class SequenceEncoder(nn.Module):
+    """Linear + LayerNorm input projection, plus timestamp encoding, dropout, causal transformer."""
+
+    def __init__(self, d_in: int, cfg: ModelConfig, n_layers: int, max_len: int):
+        super().__init__()
+        self.proj = nn.Linear(d_in, cfg.d_model)
+        self.ln_in = nn.LayerNorm(cfg.d_model)
+        self.time = TimeEncoding(cfg.d_model, max_len)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.transformer = TransformerEncoder(cfg.d_model, n_layers, cfg.n_heads, cfg.dropout)
+        self.n_layers = n_layers
+
+    def forward(
+        self, x: Tensor, timestamps: Tensor, padding_mask: Tensor, allowed: Tensor
+    ) -> Tensor:
+        """x: [B, L, d_in] -> [B, L, d_model]."""
+        h = self.ln_in(self.proj(x)) + self.time(timestamps, padding_mask)  # [B, L, d]
+        return self.transformer(self.dropout(h), allowed)  # [B, L, d]
+
+
+class IntentEmbedding(nn.Module):
+    """Z_k = Σ_i softmax(α)_i Proj_i(p_i), α_i = FC_att(Proj_i(p_i)) with a shared FC_att."""
+
+    def __init__(self, intents: list[IntentSpec], d_proj: int):
+        super().__init__()
+        self.kinds = {spec.name: spec.kind for spec in intents}
+        self.proj = nn.ModuleDict(
+            {spec.name: nn.Linear(spec.num_classes, d_proj) for spec in intents}
+        )
+        self.attention = nn.Linear(d_proj, 1)  # FC_att, shared by every head
+
+    def forward(self, logits: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """logits: name -> [B, L, C_i]. Returns (Z [B, L, d_proj], weights [B, L, M])."""
+        projected = []
+        for name, proj in self.proj.items():
+            z = logits[name]  # [B, L, C_i]
+            p = torch.sigmoid(z) if self.kinds[name] == "multi" else torch.softmax(z, dim=-1)
+            projected.append(proj(p))  # [B, L, d_proj]
+        stacked = torch.stack(projected, dim=2)  # [B, L, M, d_proj]
+        alpha = self.attention(stacked).squeeze(-1)  # [B, L, M]
+        weights = torch.softmax(alpha, dim=-1)  # [B, L, M]
+        z_k = (weights.unsqueeze(-1) * stacked).sum(dim=2)  # [B, L, d_proj]
+        return z_k, weights
+
+
+class IntentRec(nn.Module):
+    """IntentRec and its ablations V0-V3 (see the module docstring)."""
+
+    def __init__(self, cfg: ModelConfig, schema: DataSchema, max_len: int):
+        super().__init__()
+        self.name = "intentrec"
+        self.variant: str = cfg.variant
+        self.max_len = max_len
+        self.d_model = cfg.d_model
+        self.num_items = schema.num_items
+        heads = select_intent_heads(cfg.intent_heads, schema)
+        self.intent_names: list[str] = [spec.name for spec in heads]
+        self.hierarchical: bool = bool(cfg.hierarchical) and bool(heads)
+        self.short_term_window_s: int | None = cfg.short_term_window_s if cfg.short_term else None
+        self.tie_item_embeddings: bool = cfg.tie_item_embeddings
+
+        self.features = FeatureEmbedding(schema, cfg.d_model, cfg.feature_dim)
+        d_f = self.features.out_dim
+        self.short_term = (
+            SequenceEncoder(d_f, cfg, cfg.short_term_layers, max_len) if cfg.short_term else None
+        )
+        d_fs = d_f + (cfg.d_model if cfg.short_term else 0)  # width of [F ⊕ S]
+        if self.hierarchical:
+            self.intent_encoder: SequenceEncoder | None = SequenceEncoder(
+                d_fs, cfg, cfg.n_layers, max_len
+            )
+            self.intent_embedding: IntentEmbedding | None = IntentEmbedding(
+                heads, cfg.intent_proj_dim
+            )
+            self.item_encoder = SequenceEncoder(
+                d_fs + cfg.intent_proj_dim, cfg, cfg.n_layers, max_len
+            )
+        else:
+            self.intent_encoder = None
+            self.intent_embedding = None
+            self.item_encoder = SequenceEncoder(d_fs, cfg, cfg.n_layers, max_len)
+        self.intent_heads = nn.ModuleDict(
+            {spec.name: nn.Linear(cfg.d_model, spec.num_classes) for spec in heads}
+        )
+        if self.tie_item_embeddings:
+            d_item = self.features.item_embedding.embedding_dim
+            self.output_proj: nn.Linear | None = nn.Linear(cfg.d_model, d_item)
+            self.item_bias: nn.Parameter | None = nn.Parameter(torch.zeros(schema.num_items))
+            self.item_head: nn.Linear | None = None
+        else:
+            self.output_proj = None
+            self.item_bias = None
+            self.item_head = nn.Linear(cfg.d_model, schema.num_items)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                # Unit-norm-ish vectors, so that in F_k no embedding drowns the ~[0, 1]
+                # numeric columns (or is drowned by them) before the input projection.
+                nn.init.normal_(module.weight, std=module.embedding_dim**-0.5)
+                if module.padding_idx is not None:
+                    module.weight.data[module.padding_idx].zero_()
+
+    def forward(self, batch: dict[str, Tensor]) -> ModelOutput:
+        return self.forward_internals(batch)[0]
+
+    def forward_internals(self, batch: dict[str, Tensor]) -> tuple[ModelOutput, dict[str, Tensor]]:
+        """The forward pass, plus its intermediate tensors for tests and analysis.
+
+        internals: ``features`` F [B, L, d_F]; ``short_term`` S [B, L, d] (if enabled);
+        ``intent_hidden`` E^intent [B, L, d] (hierarchical only); ``intent_embedding`` Z
+        [B, L, d_proj] (hierarchical only); ``item_hidden`` E^item [B, L, d].
+        """
+        timestamps = batch[B.TIMESTAMP]  # [B, L]
+        padding_mask = batch[B.PADDING_MASK]  # [B, L]
+        internals: dict[str, Tensor] = {}
+        causal = attention_mask(padding_mask)  # [B, L, L]
+
+        x = self.features(batch)  # [B, L, d_F]
+        internals["features"] = x
+        if self.short_term is not None:
+            window = attention_mask(padding_mask, timestamps, self.short_term_window_s)  # [B, L, L]
+            s = self.short_term(x, timestamps, padding_mask, window)  # [B, L, d]
+            internals["short_term"] = s
+            x = torch.cat([x, s], dim=-1)  # [B, L, d_F + d]
+
+        logits: dict[str, Tensor] = {}
+        head_weights = z_k = None
+        if self.intent_encoder is not None and self.intent_embedding is not None:
+            e_intent = self.intent_encoder(x, timestamps, padding_mask, causal)  # [B, L, d]
+            internals["intent_hidden"] = e_intent
+            logits = self._intent_logits(e_intent)  # name -> [B, L, C_i]
+            z_k, head_weights = self.intent_embedding(logits)  # [B, L, d_proj], [B, L, M]
+            internals["intent_embedding"] = z_k
+            x = torch.cat([x, z_k], dim=-1)  # [B, L, d_F (+ d) + d_proj]
+        e_item = self.item_encoder(x, timestamps, padding_mask, causal)  # [B, L, d]
+        internals["item_hidden"] = e_item
+        if self.intent_encoder is None:
+            # V1: simple multi-task, the intent heads share the item transformer.
+            logits = self._intent_logits(e_item)  # name -> [B, L, C_i]
+
+        hidden = e_item if self.output_proj is None else self.output_proj(e_item)  # [B, L, d_out]
+        output = ModelOutput(
+            hidden=hidden, intent_logits=logits, head_weights=head_weights, intent_embedding=z_k
+        )
+        return output, internals
+
+    def _intent_logits(self, hidden: Tensor) -> dict[str, Tensor]:
+        """One Linear head per intent on [B, L, d] -> name -> [B, L, C_i] logits."""
+        return {name: head(hidden) for name, head in self.intent_heads.items()}
+
+    def output_weights(self) -> tuple[Tensor, Tensor | None]:
+        """Tied: (item embedding [num_items, d], per-item bias); else the item head's (W, b)."""
+        if self.item_head is not None:
+            return self.item_head.weight, self.item_head.bias
+        return self.features.item_embedding.weight, self.item_bias
+
+    def estimate_flops_per_position(self, seq_len: int | None = None) -> int:
+        """Approximate forward FLOPs per position: every Linear once, attention over
+        ``seq_len`` keys in every encoder, and full-catalogue scoring."""
+        seq_len = seq_len or self.max_len
+        flops = linear_flops(self)
+        for encoder in (self.short_term, self.intent_encoder, self.item_encoder):
+            if encoder is not None:
+                flops += attention_flops(encoder.n_layers, self.d_model, seq_len)
+        if self.tie_item_embeddings:
+            flops += 2 * self.features.item_embedding.embedding_dim * self.num_items
+        return flops
