@@ -1,0 +1,522 @@
+"""Per-event input features, intent labels and target weights, from sorted encoded events.
+
+Everything here works on a :class:`SortedEvents` (events already in the total order, ids
+encoded, split tags assigned) and returns flat numpy arrays, one row per event, plus the
+``FeatureSpec`` / ``IntentSpec`` that declare them. No torch.
+
+Labels are those *of the event itself*: the DataModule shifts by one, so the target of
+input position k is the label of event k + 1.
+
+Leakage rule: every normalisation constant is either fixed or computed on training data
+only (events tagged train for input scales; training *targets* — train-tagged events that
+are not a user's first event — for class counts and weight means).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from intentrec.data.errors import DataError
+from intentrec.data.schema import (
+    EVENT_OPTIONAL,
+    EVENT_REQUIRED,
+    ITEM_OPTIONAL,
+    ITEM_REQUIRED,
+    FeatureSpec,
+    IntentSpec,
+)
+from intentrec.data.validate import KNOWN_INTENTS  # intent name -> (table, column)
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100  # single-label "no label" (same value as intentrec.batch.IGNORE_INDEX)
+PAD_LABEL = "<pad>"
+GAP_SCALE_S = 365 * 86400  # time gaps are log1p(gap) / log1p(1 year), clipped to 1
+MAX_GENRES_PER_EVENT = 8  # multi_categorical genre input keeps at most this many codes
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+ENGAGEMENT_CLASSES = ("low", "mid", "high")  # rating < 3, 3 <= rating < 4, rating >= 4
+
+BUILTIN_FEATURES = (
+    "action_type",
+    "kind",
+    "hour",
+    "weekday",
+    "rating",
+    "genre",
+    "time_gap",
+    "duration",
+    "time_since_release",
+    "session_position",
+)
+
+
+@dataclass
+class SortedEvents:
+    """Encoded events in the total order (user, timestamp, original row): the input here.
+
+    events: the optional / extra / hidden event columns, sorted (no ids, no timestamp).
+    items: catalogue metadata; row k describes item id k + 1 (item 0 is padding).
+    item: int [n] item ids 1..num_items.   timestamp: int64 [n] epoch seconds.
+    is_first: bool [n] first event of its user (never a target).
+    session_position: int [n] 0-based index of the event within its session.
+    split: int8 [n] 0 train / 1 val / 2 test.
+    hidden: column names that must never become features or intents.
+    """
+
+    events: pl.DataFrame
+    items: pl.DataFrame
+    item: np.ndarray
+    timestamp: np.ndarray
+    is_first: np.ndarray
+    session_position: np.ndarray
+    split: np.ndarray
+    hidden: frozenset[str] = frozenset()
+    _codes: dict[str, tuple[np.ndarray, list[str]]] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_items(self) -> int:
+        return self.items.height
+
+    @property
+    def train_events(self) -> np.ndarray:
+        """bool [n]: events tagged train (inputs whose statistics may set scales)."""
+        return self.split == 0
+
+    @property
+    def train_targets(self) -> np.ndarray:
+        """bool [n]: training targets (tagged train and not a user's first event)."""
+        return (self.split == 0) & ~self.is_first
+
+    def codes(self, column: str) -> tuple[np.ndarray, list[str]]:
+        """Per-event text codes (1..V, 0 = null) of an events column, else an items column.
+
+        Memoised: a column that is both a feature and an intent is encoded once.
+        """
+        if column not in self._codes:
+            if column in self.events.columns:
+                self._codes[column] = text_codes(self.events[column])
+            else:
+                item_codes, vocabulary = text_codes(self.items[column])
+                self._codes[column] = (_with_padding_row(item_codes, 0)[self.item], vocabulary)
+        return self._codes[column]
+
+    def extra_columns(self) -> tuple[list[str], list[str]]:
+        """Extra (non-canonical, non-hidden) columns of events and of items, in table order."""
+        event_reserved = set(EVENT_REQUIRED) | set(EVENT_OPTIONAL) | self.hidden
+        item_reserved = set(ITEM_REQUIRED) | set(ITEM_OPTIONAL) | self.hidden
+        return (
+            [c for c in self.events.columns if c not in event_reserved],
+            [c for c in self.items.columns if c not in item_reserved],
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------
+def code_dtype(cardinality: int) -> type[np.integer]:
+    """Smallest unsigned dtype that holds codes in [0, cardinality)."""
+    if cardinality <= 1 << 8:
+        return np.uint8
+    if cardinality <= 1 << 16:
+        return np.uint16
+    return np.int32
+
+
+def label_dtype(num_classes: int) -> type[np.integer]:
+    """Smallest signed dtype for class ids in [0, num_classes) and IGNORE_INDEX."""
+    return np.int16 if num_classes < (1 << 15) else np.int32
+
+
+def text_codes(series: pl.Series) -> tuple[np.ndarray, list[str]]:
+    """Codes 1..V over the sorted distinct non-null values (0 = null) and those values."""
+    text = series.cast(pl.Utf8)
+    vocabulary = text.drop_nulls().unique().sort().to_list()
+    physical = text.cast(pl.Enum(vocabulary)).to_physical()  # 0-based, null stays null
+    codes = physical.cast(pl.Int64).fill_null(-1).to_numpy() + 1
+    return codes.astype(code_dtype(len(vocabulary) + 1)), vocabulary
+
+
+def is_text(dtype: pl.DataType) -> bool:
+    return dtype == pl.Utf8 or dtype == pl.Boolean or isinstance(dtype, pl.Categorical | pl.Enum)
+
+
+def _with_padding_row(per_item: np.ndarray, fill: Any) -> np.ndarray:
+    """[num_items, ...] -> [num_items + 1, ...] with row 0 (padding item) = fill."""
+    pad = np.full((1, *per_item.shape[1:]), fill, dtype=per_item.dtype)
+    return np.concatenate([pad, per_item])
+
+
+def _item_column(ev: SortedEvents, column: str) -> pl.Series:
+    """An items column gathered per event (row j = metadata of event j's item)."""
+    return ev.items[column].gather(ev.item.astype(np.int64) - 1)
+
+
+def _scaled_log1p(
+    values: np.ndarray, valid: np.ndarray | None, train: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """log1p(max(v, 0)) / log1p(max over valid training events), clipped to [0, 1].
+
+    0 where invalid (valid=None: all valid). Float32 in place: this runs on every event.
+    """
+    reference = values[train if valid is None else valid & train]
+    scale = float(np.log1p(max(float(reference.max()), 0.0))) if reference.size else 0.0
+    if scale <= 0.0:
+        return np.zeros(values.shape, dtype=np.float32), scale
+    out = values.astype(np.float32)  # [n]
+    np.maximum(out, 0.0, out=out)
+    np.log1p(out, out=out)
+    out *= np.float32(1.0 / scale)
+    np.minimum(out, 1.0, out=out)
+    if valid is not None:
+        out[~valid] = 0.0
+    return out, scale
+
+
+def _class_counts(labels: np.ndarray, num_classes: int, train_targets: np.ndarray) -> list[int]:
+    picked = labels[train_targets]
+    picked = picked[picked >= 0].astype(np.int64)
+    return np.bincount(picked, minlength=num_classes).astype(int).tolist()
+
+
+def release_bucket_names(edges_days: list[int]) -> list[str]:
+    """[30, 180] -> ["<30d", "30-180d", ">=180d"]."""
+    names = [f"<{edges_days[0]}d"]
+    names += [f"{a}-{b}d" for a, b in zip(edges_days[:-1], edges_days[1:])]
+    names.append(f">={edges_days[-1]}d")
+    return names
+
+
+# ---------------------------------------------------------------------------------------
+# Genres (items.genres, List[Utf8]) -> per-item code table and bitmask
+# ---------------------------------------------------------------------------------------
+@dataclass
+class GenreTable:
+    """Per-item genre structure, row 0 = padding item."""
+
+    vocabulary: list[str]  # genre class c <-> vocabulary[c]; feature code = c + 1
+    codes: np.ndarray  # [num_items + 1, max_values] feature codes, 0-padded (truncated)
+    words: np.ndarray  # uint64 [num_items + 1, ceil(G / 64)] multi-hot bitmask (all genres)
+    pair_item: np.ndarray  # int64 [pairs] item id of each (item, genre) pair
+    pair_genre: np.ndarray  # int64 [pairs] genre class of each pair
+    truncated_items: int  # items with more genres than MAX_GENRES_PER_EVENT
+
+
+def genre_table(items: pl.DataFrame) -> GenreTable:
+    """Distinct genres per item -> padded code table (inputs) and bitmask words (labels)."""
+    pairs = (
+        items.select(pl.int_range(1, items.height + 1).alias("item"), pl.col("genres"))
+        .explode("genres")
+        .drop_nulls("genres")
+        .unique(["item", "genres"])
+    )
+    vocabulary = pairs["genres"].unique().sort().to_list()
+    genre = pairs["genres"].cast(pl.Enum(vocabulary)).to_physical().to_numpy().astype(np.int64)
+    item = pairs["item"].to_numpy().astype(np.int64)
+    order = np.lexsort((genre, item))
+    item, genre = item[order], genre[order]
+    per_item = np.bincount(item, minlength=items.height + 1)  # [num_items + 1]
+    most = int(per_item.max()) if per_item.size else 0
+    max_values = max(1, min(most, MAX_GENRES_PER_EVENT))
+    # Rank of each pair within its item (pairs are sorted by item, then genre).
+    first_of_item = np.cumsum(per_item) - per_item  # [num_items + 1]
+    rank = np.arange(item.size) - first_of_item[item]
+    kept = rank < max_values
+    codes = np.zeros((items.height + 1, max_values), dtype=code_dtype(len(vocabulary) + 1))
+    codes[item[kept], rank[kept]] = genre[kept] + 1
+    words = np.zeros((items.height + 1, max(1, -(-len(vocabulary) // 64))), dtype=np.uint64)
+    bits = np.left_shift(np.uint64(1), (genre % 64).astype(np.uint64))
+    np.bitwise_or.at(words, (item, genre // 64), bits)
+    truncated = int((per_item > max_values).sum())
+    if truncated:
+        log.info(
+            "genre input keeps %d genres per item: %d items have more (labels keep all)",
+            max_values,
+            truncated,
+        )
+    return GenreTable(vocabulary, codes, words, item, genre, truncated)
+
+
+def unpack_multi_hot(words: np.ndarray, num_classes: int) -> np.ndarray:
+    """uint64 bitmask [..., W] -> float32 multi-hot [..., num_classes]."""
+    shifts = np.arange(64, dtype=np.uint64)
+    bits = (words[..., :, None] >> shifts) & np.uint64(1)  # [..., W, 64]
+    flat = bits.reshape(*words.shape[:-1], words.shape[-1] * 64)
+    return flat[..., :num_classes].astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------
+# Input features
+# ---------------------------------------------------------------------------------------
+def input_features(
+    ev: SortedEvents, genres: GenreTable | None
+) -> tuple[list[FeatureSpec], dict[str, np.ndarray], dict[str, Any]]:
+    """Every per-event input feature: specs, arrays (one row per event) and scale constants.
+
+    Categorical: action_type, kind, hour (UTC hour + 1), weekday (Mon = 1), rating (its
+    distinct values), text/boolean extra columns of events then items; code 0 = padding or
+    missing. Multi-categorical: genre (item genres, at most 8, sorted by code). Numeric in
+    [0, 1]: time_gap (log1p seconds since the user's previous event / log1p(1 year); 0 for
+    the first event), duration (log1p / train max), time_since_release (log1p days / train
+    max; 0 without release date, negative ages clipped to 0), session_position (log1p of the
+    0-based position / train max), numeric extras (min-max over train events, clipped).
+    """
+    specs: list[FeatureSpec] = []
+    arrays: dict[str, np.ndarray] = {}
+    scales: dict[str, Any] = {}
+    train = ev.train_events
+
+    def categorical(name: str, codes: np.ndarray, vocabulary: list[str]) -> None:
+        cardinality = len(vocabulary) + 1
+        specs.append(FeatureSpec(name, "categorical", cardinality, 1, [PAD_LABEL, *vocabulary]))
+        arrays[name] = codes.astype(code_dtype(cardinality), copy=False)
+
+    def numeric(name: str, values: np.ndarray) -> None:
+        specs.append(FeatureSpec(name, "numeric"))
+        arrays[name] = values.astype(np.float32, copy=False)
+
+    if "action_type" in ev.events.columns:
+        categorical("action_type", *ev.codes("action_type"))
+    if "kind" in ev.items.columns:
+        categorical("kind", *ev.codes("kind"))
+    ts = ev.timestamp
+    day = ts // 86400  # [n] days since epoch (UTC)
+    categorical("hour", (ts - day * 86400) // 3600 + 1, [f"{h:02d}" for h in range(24)])
+    # 1970-01-01 was a Thursday: (days + 3) % 7 is 0 on Mondays.
+    categorical("weekday", (day + 3) % 7 + 1, list(WEEKDAYS))
+    if "rating" in ev.events.columns:
+        categorical("rating", *_rating_codes(ev.events["rating"]))
+
+    event_extras, item_extras = ev.extra_columns()
+    taken = set(BUILTIN_FEATURES)
+    numeric_extras: list[tuple[str, pl.Series]] = []
+    for table, names in (("events", event_extras), ("items", item_extras)):
+        for name in names:
+            if name in taken:
+                raise DataError(
+                    f"{table} column {name!r}: name clashes with a built-in or another "
+                    "extra feature; rename the column"
+                )
+            taken.add(name)
+            frame = ev.events if table == "events" else ev.items
+            dtype = frame.schema[name]
+            if is_text(dtype):
+                categorical(name, *ev.codes(name))
+            elif dtype.is_numeric():
+                series = frame[name] if table == "events" else _item_column(ev, name)
+                numeric_extras.append((name, series))
+            else:
+                raise DataError(
+                    f"{table} column {name!r} has dtype {dtype}: extra columns must be text, "
+                    "boolean or numeric (convert or drop it in the recipe / logs mapping)"
+                )
+
+    if genres is not None:
+        cardinality = len(genres.vocabulary) + 1
+        specs.append(
+            FeatureSpec(
+                "genre",
+                "multi_categorical",
+                cardinality,
+                genres.codes.shape[1],
+                [PAD_LABEL, *genres.vocabulary],
+            )
+        )
+        arrays["genre"] = genres.codes[ev.item]  # [n, max_values]
+
+    gap = np.zeros(ts.shape, dtype=np.float32)
+    gap[1:] = ts[1:] - ts[:-1]
+    gap[ev.is_first] = 0.0
+    np.log1p(gap, out=gap)
+    gap *= np.float32(1.0 / np.log1p(GAP_SCALE_S))
+    numeric("time_gap", np.minimum(gap, 1.0, out=gap))
+    scales["time_gap"] = {"log1p_scale_s": GAP_SCALE_S}
+
+    if "duration" in ev.events.columns:
+        duration = ev.events["duration"].cast(pl.Float64).to_numpy()
+        valid = ~np.isnan(duration)
+        values, scale = _scaled_log1p(np.nan_to_num(duration), valid, train)
+        numeric("duration", values)
+        scales["duration"] = {"train_max_log1p": scale}
+
+    if "release_ts" in ev.items.columns:
+        release, has_release = _release_per_event(ev)
+        age_days = (ts - release) / 86400.0
+        values, scale = _scaled_log1p(age_days, has_release, train)
+        numeric("time_since_release", values)
+        scales["time_since_release"] = {"train_max_log1p_days": scale}
+
+    values, scale = _scaled_log1p(ev.session_position, None, train)
+    numeric("session_position", values)
+    scales["session_position"] = {"train_max_log1p": scale}
+
+    for name, series in numeric_extras:
+        raw = series.cast(pl.Float64).to_numpy()
+        valid = ~np.isnan(raw)
+        reference = raw[valid & train]
+        low = float(reference.min()) if reference.size else 0.0
+        high = float(reference.max()) if reference.size else 0.0
+        span = high - low
+        scaled = np.clip((np.nan_to_num(raw) - low) / span, 0, 1) if span > 0 else 0.0 * raw
+        numeric(name, np.where(valid, scaled, 0.0))
+        scales[name] = {"train_min": low, "train_max": high}
+    return specs, arrays, scales
+
+
+def _rating_codes(rating: pl.Series) -> tuple[np.ndarray, list[str]]:
+    values = rating.cast(pl.Float64).to_numpy()
+    valid = ~np.isnan(values)
+    distinct = np.unique(values[valid])
+    codes = np.where(valid, np.searchsorted(distinct, np.nan_to_num(values)) + 1, 0)
+    integral = bool(np.all(distinct == np.round(distinct)))
+    names = [str(int(v)) if integral else f"{v:g}" for v in distinct]
+    return codes, names
+
+
+def _release_per_event(ev: SortedEvents) -> tuple[np.ndarray, np.ndarray]:
+    """(release_ts int64 [n], has_release bool [n]) of each event's item."""
+    release = ev.items["release_ts"].cast(pl.Int64)
+    has = _with_padding_row(release.is_not_null().to_numpy(), False)[ev.item]
+    values = _with_padding_row(release.fill_null(0).to_numpy(), 0)[ev.item]
+    return values, has
+
+
+# ---------------------------------------------------------------------------------------
+# Intent labels
+# ---------------------------------------------------------------------------------------
+def available_intents(ev: SortedEvents) -> list[str]:
+    """Intent names these tables can label: known ones whose column exists, then extras."""
+    frames = {"events": ev.events, "items": ev.items}
+    names = [n for n, (t, c) in KNOWN_INTENTS.items() if c in frames[t].columns]
+    event_extras, item_extras = ev.extra_columns()
+    names += [c for c in event_extras + item_extras if c not in names]
+    return names
+
+
+def intent_labels(
+    ev: SortedEvents,
+    names: list[str],
+    release_buckets_days: list[int],
+    genres: GenreTable | None,
+) -> tuple[list[IntentSpec], dict[str, np.ndarray], dict[str, Any]]:
+    """Label of each event for each intent; class counts over training targets.
+
+    single: int16/int32 [n] class id, -100 where the event has no label.
+    multi (genre): uint64 [n, words] bitmask over all of the item's genres (not truncated);
+        an item without genres has an all-zero row.
+    release_bucket: days from the item's release to the event, bucketed by
+        release_buckets_days (e.g. <30d, 30-180d, 180-365d, 365-1825d, >=1825d); an event
+        before the release date falls in the first bucket (counted in the info); no
+        release date -> -100.
+    engagement: rating < 3 low, 3 <= rating < 4 mid, rating >= 4 high (5-star scale);
+        no rating -> -100.
+    Any other name: the text value of that events (else items) column.
+    """
+    valid = available_intents(ev)
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise DataError(
+            f"data.intents: unknown intent {unknown[0]!r}; valid for this dataset: {valid}"
+        )
+    specs: list[IntentSpec] = []
+    arrays: dict[str, np.ndarray] = {}
+    info: dict[str, Any] = {}
+    targets = ev.train_targets
+
+    def single(name: str, labels: np.ndarray, class_names: list[str]) -> None:
+        k = len(class_names)
+        counts = _class_counts(labels, k, targets)
+        specs.append(IntentSpec(name, "single", k, list(class_names), counts))
+        arrays[name] = labels.astype(label_dtype(k), copy=False)
+        info[name] = {"unlabelled_events": int((labels < 0).sum())}
+
+    for name in names:
+        if name == "genre":
+            if genres is None:
+                raise DataError("intent 'genre' needs items column 'genres'")
+            words = genres.words[ev.item]  # [n, W]
+            item_count = np.bincount(ev.item[targets], minlength=ev.num_items + 1)
+            counts = np.bincount(
+                genres.pair_genre,
+                weights=item_count[genres.pair_item].astype(np.float64),
+                minlength=len(genres.vocabulary),
+            )
+            specs.append(
+                IntentSpec(
+                    "genre",
+                    "multi",
+                    len(genres.vocabulary),
+                    list(genres.vocabulary),
+                    np.rint(counts).astype(int).tolist(),
+                )
+            )
+            arrays["genre"] = words
+            info["genre"] = {"unlabelled_events": int((~words.any(axis=1)).sum())}
+        elif name == "release_bucket":
+            labels, before = _release_buckets(ev, release_buckets_days)
+            single(name, labels, release_bucket_names(sorted(release_buckets_days)))
+            info[name]["events_before_release"] = before
+        elif name == "engagement":
+            rating = ev.events["rating"].cast(pl.Float64).to_numpy()
+            labels = np.where(rating < 3, 0, np.where(rating < 4, 1, 2))
+            single(name, np.where(np.isnan(rating), IGNORE_INDEX, labels), list(ENGAGEMENT_CLASSES))
+        else:
+            codes, vocabulary = ev.codes(KNOWN_INTENTS.get(name, ("events", name))[1])
+            labels = codes.astype(np.int64) - 1
+            single(name, np.where(labels < 0, IGNORE_INDEX, labels), vocabulary)
+    return specs, arrays, info
+
+
+def _release_buckets(ev: SortedEvents, edges_days: list[int]) -> tuple[np.ndarray, int]:
+    edges = np.asarray(sorted(edges_days), dtype=np.float64)
+    if edges.size == 0 or np.any(np.diff(edges) <= 0):
+        raise DataError(
+            f"data.release_buckets_days: need distinct increasing day edges, got {edges_days}"
+        )
+    release, has_release = _release_per_event(ev)
+    age_days = (ev.timestamp - release) / 86400.0  # [n]
+    bucket = np.searchsorted(edges, age_days, side="right")  # negative ages -> bucket 0
+    labels = np.where(has_release, bucket, IGNORE_INDEX)
+    before = int((has_release & (age_days < 0)).sum())
+    return labels, before
+
+
+# ---------------------------------------------------------------------------------------
+# Target weights
+# ---------------------------------------------------------------------------------------
+def target_weights(
+    ev: SortedEvents, column: str | None, mode: str
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Weight of each event as a target (float32 [n]); mean 1 over training targets.
+
+    none -> 1. log1p -> log1p(value) / mean over training targets with a value.
+    linear -> value / that mean. Events without a value (null, or no weight column) -> 1,
+    so the mean over all training targets is exactly 1 too.
+    """
+    n = ev.timestamp.size
+    info: dict[str, Any] = {"mode": mode, "column": column}
+    if mode == "none" or column is None:
+        if mode != "none":
+            log.info("duration weight %r: the dataset has no weight column; all weights 1", mode)
+        return np.ones(n, dtype=np.float32), info
+    values = ev.events[column].cast(pl.Float64).to_numpy()
+    has_value = ~np.isnan(values)
+    raw = np.log1p(np.maximum(values, 0.0)) if mode == "log1p" else values
+    reference = raw[has_value & ev.train_targets]
+    if reference.size == 0:
+        log.warning("duration weight: no training target has a %r value; all weights 1", column)
+        info["events_without_value"] = int((~has_value).sum())
+        return np.ones(n, dtype=np.float32), info
+    mean = float(reference.mean())
+    if mean <= 0.0 or not np.isfinite(mean):
+        raise DataError(
+            f"events column {column!r}: mean {mode} weight over {reference.size} training "
+            "targets is not positive; set data.duration_weight=none"
+        )
+    weights = np.where(has_value, raw / mean, 1.0).astype(np.float32)
+    info.update({"train_mean_raw": mean, "events_without_value": int((~has_value).sum())})
+    return weights, info
