@@ -1,0 +1,149 @@
+"""``intentrec`` command line: data, train, evaluate, sweep.
+
+Errors a user can fix (bad config key, bad data) are printed as one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from intentrec.config import ConfigError
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from intentrec.data.errors import DataError
+
+    return (ConfigError, DataError, FileNotFoundError)
+
+
+def _cmd_data_prepare(args: argparse.Namespace) -> int:
+    from intentrec.config import load
+    from intentrec.data.prepare import format_summary, prepare
+
+    overrides = [f"data.name={args.name}"]
+    if args.out:
+        overrides.append(f"data.cache_dir={args.out}")
+    if args.path:
+        overrides.append(f"data.path={args.path}")
+    if args.seed is not None:
+        overrides.append(f"data.seed={args.seed}")
+    for flag, key in (
+        ("users", "users"),
+        ("items", "items"),
+        ("events_per_user", "events_per_user"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"data.synthetic.{key}={value}")
+    cfg = load(overrides=overrides + list(args.overrides))
+    prepared = prepare(cfg.data)
+    print(format_summary(prepared))
+    print(f"cache: {prepared.cache_dir}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from intentrec.experiment import load_experiment, run_experiment
+
+    if args.single:
+        from intentrec.sweep import resolve_single_run
+        from intentrec.train import train_run
+
+        cfg = resolve_single_run(args.experiment, list(args.overrides))
+        metrics = train_run(cfg)
+        print(json.dumps(metrics, indent=2))
+        return 0
+    exp = load_experiment(args.experiment, list(args.overrides))
+    summary = run_experiment(exp, dry_run=args.dry_run)
+    print(f"summary: {summary}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from intentrec.train import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(args.checkpoint, split=args.split, overrides=list(args.overrides))
+    print(json.dumps(metrics, indent=2, sort_keys=True))
+    if args.out:
+        Path(args.out).write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    return 0
+
+
+def _cmd_sweep_export(args: argparse.Namespace) -> int:
+    from intentrec.experiment import load_experiment
+    from intentrec.sweep import export_sweep
+
+    exp = load_experiment(args.experiment, list(args.overrides))
+    out = Path(args.out) if args.out else Path(exp.runs[0][2].out_dir) / exp.name / "sweep.yaml"
+    path = export_sweep(exp, out)
+    print(f"sweep: {path}\nrun: wandb sweep {path} && wandb agent <entity/project/sweep_id>")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="intentrec", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="dataset preparation")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    prep = data_sub.add_parser("prepare", help="prepare a dataset into the feature cache")
+    prep.add_argument("name", help="synthetic | ml-100k | movielens | logs")
+    prep.add_argument("--out", help="cache folder (data.cache_dir)")
+    prep.add_argument("--path", help="movielens: GroupLens folder; logs: column-mapping YAML")
+    prep.add_argument("--seed", type=int)
+    prep.add_argument("--users", type=int, help="synthetic: number of users")
+    prep.add_argument("--items", type=int, help="synthetic: catalogue size")
+    prep.add_argument("--events-per-user", dest="events_per_user", type=float)
+    prep.add_argument("overrides", nargs="*", help="key=value config overrides (data.*)")
+    prep.set_defaults(func=_cmd_data_prepare)
+
+    train = sub.add_parser("train", help="run an experiment (every variant x seed)")
+    train.add_argument(
+        "experiment", help="experiment name (experiments/<name>.yaml) or a YAML path"
+    )
+    train.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
+    train.add_argument("--single", action="store_true", help="one run: variant=<name> seed=<k>")
+    train.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a checkpoint")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--split", default="test", choices=("val", "test"))
+    evaluate.add_argument("--out", help="also write the metrics JSON here")
+    evaluate.add_argument(
+        "overrides", nargs="*", help="eval.* overrides, e.g. eval.filter_seen=true"
+    )
+    evaluate.set_defaults(func=_cmd_evaluate)
+
+    sweep = sub.add_parser("sweep", help="wandb sweeps")
+    sweep_sub = sweep.add_subparsers(dest="sweep_command", required=True)
+    export = sweep_sub.add_parser("export", help="write a wandb sweep YAML for an experiment")
+    export.add_argument("experiment")
+    export.add_argument("--out")
+    export.add_argument("overrides", nargs="*")
+    export.set_defaults(func=_cmd_sweep_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    os.environ.setdefault("WANDB_SILENT", "true")
+    try:
+        return args.func(args)
+    except _user_errors() as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,358 @@
+"""One LightningModule for every model: weighted task losses, full-ranking metrics, optimiser.
+
+The network is a plain ``nn.Module`` (see ``intentrec.models``) returning a
+:class:`~intentrec.models.output.ModelOutput`; this module owns everything around it:
+
+* ``L = L_item + λ Σ_i w_i L_intent_i``; every part is weighted by the target's duration
+  weight and normalised by the sum of the weights that entered it, so the loss scale does
+  not depend on batch size; padding and non-target positions are masked out of every part.
+* exact full-catalogue ranking metrics (chunked over the catalogue, pessimistic ties) and
+  intent metrics, reduced as sums and counts so DDP and batch size never change them.
+* optimiser and schedule from config (AdamW + linear warmup + cosine by default).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from intentrec import batch as B
+from intentrec.data.schema import DataSchema, FeatureSpec, IntentSpec
+from intentrec.metrics import (
+    MultiLabelIntentMetrics,
+    RankingMetrics,
+    SingleLabelIntentMetrics,
+    target_ranks,
+)
+from intentrec.models import build_model
+from intentrec.models.output import ModelOutput
+
+STAGES = ("val", "test")
+
+
+def schema_from_dict(raw: dict) -> DataSchema:
+    raw = dict(raw)
+    raw["features"] = [FeatureSpec(**f) for f in raw["features"]]
+    raw["intents"] = [IntentSpec(**i) for i in raw["intents"]]
+    return DataSchema(**raw)
+
+
+class IntentRecModule(pl.LightningModule):
+    """Trains and evaluates any model of ``intentrec.models`` on IntentRec batches."""
+
+    def __init__(
+        self,
+        cfg: dict | DictConfig,
+        schema: dict | DataSchema,
+        item_counts: np.ndarray | list[int] | None = None,
+    ) -> None:
+        super().__init__()
+        counts = None if item_counts is None else np.asarray(item_counts)
+        # save_hyperparameters compares every __init__ argument with the saved dict; an
+        # array argument makes that comparison ambiguous, so it is kept out of the frame.
+        item_counts = None
+        cfg_dict = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+        schema_dict = asdict(schema) if isinstance(schema, DataSchema) else schema
+        # Both are plain dicts so the checkpoint alone rebuilds the module (`evaluate`).
+        self.save_hyperparameters({"cfg": cfg_dict, "schema": schema_dict})
+        self.cfg = OmegaConf.create(cfg_dict)
+        self.schema = schema_from_dict(schema_dict)
+        self.model = build_model(self.cfg.model, self.schema, self.cfg.data.max_len)
+        self.intent_specs = {spec.name: spec for spec in self.schema.intents}
+        self.head_names: list[str] = list(getattr(self.model, "intent_names", []))
+
+        # Sampling distribution for sampled item losses (popularity^alpha over train targets).
+        if counts is None:
+            counts = np.zeros(self.schema.num_items)
+        self.register_buffer(
+            "item_counts", torch.as_tensor(counts, dtype=torch.float64), persistent=False
+        )
+
+        ks = tuple(self.cfg.eval.ks)
+        self.ranking = nn.ModuleDict({stage: RankingMetrics(ks=ks) for stage in STAGES})
+        self.intent_metrics = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict(
+                    {name: self._intent_metric(self.intent_specs[name]) for name in self.head_names}
+                )
+                for stage in STAGES
+            }
+        )
+        # Mean softmax(alpha) per head over evaluated positions: the "primary intent" weights.
+        self.head_weight_means = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict({name: MeanMetric() for name in self.head_names})
+                for stage in STAGES
+            }
+        )
+
+    @staticmethod
+    def _intent_metric(spec: IntentSpec) -> nn.Module:
+        if spec.kind == "multi":
+            return MultiLabelIntentMetrics(spec.num_classes)
+        return SingleLabelIntentMetrics(spec.num_classes)
+
+    # ------------------------------------------------------------------ forward & scores
+    def forward(self, batch: dict[str, Tensor]) -> ModelOutput:
+        return self.model(batch)
+
+    def _score_fn(self):
+        return getattr(self.model, "final_activation", None)
+
+    def full_scores(self, hidden: Tensor) -> Tensor:
+        """Scores of every catalogue item, padding column set to -inf. hidden: [N, d]."""
+        weight, bias = self.model.output_weights()  # [V, d], [V] | None
+        scores = hidden @ weight.T  # [N, V]
+        if bias is not None:
+            scores = scores + bias
+        score_fn = self._score_fn()
+        if score_fn is not None:
+            scores = score_fn(scores)
+        scores[:, 0] = float("-inf")
+        return scores
+
+    # ------------------------------------------------------------------ losses
+    def _item_loss_name(self) -> str:
+        model_cfg = self.cfg.model
+        if model_cfg.name == "sasrec" and model_cfg.sasrec_loss == "bce":
+            return "bce"
+        if model_cfg.name == "gru4rec" and model_cfg.gru_loss == "sampled":
+            return "sampled"
+        return "sampled" if self.cfg.loss.item_loss == "sampled" else "full"
+
+    def item_loss(self, hidden: Tensor, targets: Tensor) -> Tensor:
+        """Per-target item loss. hidden: [N, d], targets: [N] -> [N]."""
+        kind = self._item_loss_name()
+        if kind == "full":
+            logits = self.full_scores(hidden)  # [N, V]
+            return F.cross_entropy(
+                logits, targets, reduction="none", label_smoothing=self.cfg.loss.label_smoothing
+            )
+        weight, bias = self.model.output_weights()
+        if kind == "bce":
+            # SASRec's original objective: one uniformly sampled negative per position
+            # (resampled while it equals the target), binary cross-entropy on both.
+            negatives = self._uniform_negatives(targets)  # [N]
+            pos = self._scores_for(hidden, weight, bias, targets.unsqueeze(1))[:, 0]  # [N]
+            neg = self._scores_for(hidden, weight, bias, negatives.unsqueeze(1))[:, 0]  # [N]
+            return F.softplus(-pos) + F.softplus(neg)
+        return self._sampled_softmax(hidden, weight, bias, targets)
+
+    def _uniform_negatives(self, targets: Tensor) -> Tensor:
+        num_items = self.schema.num_items
+        negatives = torch.randint(1, num_items, targets.shape, device=targets.device)
+        clash = negatives == targets
+        # Shift clashes by one (wrapping within 1..V-1): still uniform over the other items.
+        negatives[clash] = (negatives[clash] % (num_items - 1)) + 1
+        return negatives
+
+    @staticmethod
+    def _scores_for(hidden: Tensor, weight: Tensor, bias: Tensor | None, items: Tensor) -> Tensor:
+        """hidden [N, d], items [N, K] -> scores [N, K]."""
+        scores = torch.einsum("nd,nkd->nk", hidden, weight[items])
+        if bias is not None:
+            scores = scores + bias[items]
+        return scores
+
+    def _sampled_softmax(
+        self, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor
+    ) -> Tensor:
+        """Softmax over the target + negatives shared across the batch, with logQ correction.
+
+        Negatives are drawn from popularity^alpha of training targets (alpha and logQ
+        strength from the GRU4Rec options; for other models alpha=0.75, full logQ). Sampled
+        items equal to a row's target are masked ("accidental hits").
+        """
+        model_cfg = self.cfg.model
+        if model_cfg.name == "gru4rec":
+            n_sample, alpha, logq = (
+                model_cfg.gru_n_sample,
+                model_cfg.gru_sample_alpha,
+                model_cfg.gru_logq,
+            )
+        else:
+            n_sample, alpha, logq = self.cfg.loss.num_negatives, 0.75, 1.0
+        probs = self.item_counts.clamp_min(0).pow(alpha)
+        probs[0] = 0.0
+        if probs.sum() <= 0:  # no counts known: uniform over real items
+            probs = torch.ones_like(probs)
+            probs[0] = 0.0
+        probs = probs / probs.sum()
+        negatives = torch.multinomial(probs.float(), n_sample, replacement=True)  # [S]
+        candidates_w = weight[negatives]  # [S, d]
+        neg_scores = hidden @ candidates_w.T  # [N, S]
+        pos_scores = (hidden * weight[targets]).sum(-1, keepdim=True)  # [N, 1]
+        if bias is not None:
+            neg_scores = neg_scores + bias[negatives]
+            pos_scores = pos_scores + bias[targets].unsqueeze(1)
+        score_fn = self._score_fn()
+        if score_fn is not None:
+            neg_scores, pos_scores = score_fn(neg_scores), score_fn(pos_scores)
+        if logq > 0:
+            log_q = torch.log(probs.to(hidden.dtype).clamp_min(1e-30))
+            neg_scores = neg_scores - logq * log_q[negatives]
+            pos_scores = pos_scores - logq * log_q[targets].unsqueeze(1)
+        neg_scores = neg_scores.masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), -1e9)
+        logits = torch.cat([pos_scores, neg_scores], dim=1)  # [N, 1 + S]
+        return F.cross_entropy(logits, torch.zeros_like(targets), reduction="none")
+
+    def intent_loss(
+        self, spec: IntentSpec, logits: Tensor, labels: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Per-target intent loss and a validity mask. logits [N, C]; labels [N] or [N, C].
+
+        Multi-label intents use the negative log-likelihood of independent Bernoullis, i.e.
+        BCE summed over classes; rows with no positive label carry no intent and are skipped.
+        """
+        if spec.kind == "multi":
+            valid = labels.sum(-1) > 0  # [N]
+            loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").sum(-1)
+            return loss, valid
+        valid = labels != B.IGNORE_INDEX
+        loss = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")
+        return loss, valid
+
+    def compute_losses(self, batch: dict[str, Tensor], out: ModelOutput) -> dict[str, Tensor]:
+        """All loss parts for one batch; ``"loss"`` is the weighted total."""
+        mask = batch[B.TARGET_MASK]  # [B, L]
+        weights = batch[B.TARGET_WEIGHT][mask]  # [N]
+        hidden = out.hidden[mask]  # [N, d]
+        targets = batch[B.TARGET_ITEM][mask]  # [N]
+        parts: dict[str, Tensor] = {}
+        item = self.item_loss(hidden, targets)  # [N]
+        parts["item"] = (item * weights).sum() / weights.sum().clamp_min(1e-12)
+        total = parts["item"]
+        lam = self.cfg.loss.intent_weight
+        for name in self.head_names:
+            spec = self.intent_specs[name]
+            loss, valid = self.intent_loss(
+                spec, out.intent_logits[name][mask], batch[B.target_intent(name)][mask]
+            )
+            w = weights * valid
+            parts[f"intent/{name}"] = (loss * w).sum() / w.sum().clamp_min(1e-12)
+            head_w = float(self.cfg.loss.head_weights.get(name, 1.0))
+            total = total + lam * head_w * parts[f"intent/{name}"]
+        parts["loss"] = total
+        return parts
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        out = self(batch)
+        parts = self.compute_losses(batch, out)
+        n_targets = int(batch[B.TARGET_MASK].sum())
+        self.log("train/loss", parts["loss"], prog_bar=True, batch_size=n_targets)
+        for key, value in parts.items():
+            if key != "loss":
+                self.log(f"train/loss/{key}", value, batch_size=n_targets)
+        return parts["loss"]
+
+    # ------------------------------------------------------------------ evaluation
+    def _seen_items(self, batch: dict[str, Tensor], mask: Tensor) -> Tensor:
+        """For each target, the items of its input window up to and including its position."""
+        items = batch[B.ITEM]  # [B, L]
+        seq_len = items.shape[1]
+        causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=items.device).tril()
+        seen = items.unsqueeze(1).expand(-1, seq_len, -1) * causal  # [B, L(query), L(key)]
+        return seen[mask]  # [N, L]
+
+    def _eval_step(self, batch: dict[str, Tensor], stage: str) -> None:
+        out = self(batch)
+        mask = batch[B.TARGET_MASK]
+        if not bool(mask.any()):
+            return
+        weight, bias = self.model.output_weights()
+        exclude = self._seen_items(batch, mask) if self.cfg.eval.filter_seen else None
+        ranks = target_ranks(
+            out.hidden[mask].float(),
+            weight.float(),
+            None if bias is None else bias.float(),
+            batch[B.TARGET_ITEM][mask],
+            chunk_size=self.cfg.eval.chunk_size,
+            exclude=exclude,
+            score_fn=self._score_fn(),
+        )
+        self.ranking[stage].update(ranks)
+        for name in self.head_names:
+            self.intent_metrics[stage][name].update(
+                out.intent_logits[name][mask].float(), batch[B.target_intent(name)][mask]
+            )
+        if out.head_weights is not None:
+            weights_at_targets = out.head_weights[mask].float()  # [N, M]
+            for i, name in enumerate(self.head_names):
+                self.head_weight_means[stage][name].update(weights_at_targets[:, i])
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        values: dict[str, Tensor] = {}
+        for key, value in self.ranking[stage].compute().items():
+            values[f"{stage}/item/{key}"] = value
+        self.ranking[stage].reset()
+        for name in self.head_names:
+            metric = self.intent_metrics[stage][name]
+            for key, value in metric.compute().items():
+                values[f"{stage}/intent/{name}/{key}"] = value
+            metric.reset()
+        if getattr(self.model, "has_head_attention", False):
+            for name, metric in self.head_weight_means[stage].items():
+                values[f"{stage}/head_weight/{name}"] = metric.compute()
+                metric.reset()
+        # Metric states are already reduced across processes (sum states), so no sync here.
+        self.log_dict(values, prog_bar=False, sync_dist=False, rank_zero_only=False)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # ------------------------------------------------------------------ optimiser
+    def configure_optimizers(self) -> Any:
+        opt_cfg = self.cfg.optim
+        decay, no_decay = [], []
+        for param in self.parameters():
+            if not param.requires_grad:
+                continue
+            # Decay matrices only: biases and norm gains are not regularised (standard practice).
+            (decay if param.dim() >= 2 else no_decay).append(param)
+        groups = [
+            {"params": decay, "weight_decay": opt_cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        if opt_cfg.name == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas))
+        elif opt_cfg.name == "adam":
+            optimizer = torch.optim.Adam(groups, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas))
+        else:
+            optimizer = torch.optim.Adagrad(groups, lr=opt_cfg.lr)
+        if opt_cfg.schedule == "constant" and opt_cfg.warmup_steps == 0:
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(opt_cfg.warmup_steps, total - 1)
+        cosine = opt_cfg.schedule == "cosine"
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            if not cosine:
+                return 1.0
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -1,0 +1,271 @@
+"""Train, evaluate and record one run: the unit an experiment is made of.
+
+A run folder (``<out_dir>/<experiment>/<variant>/seed<k>/``) holds:
+
+* ``config.yaml``   the resolved configuration,
+* ``protocol.json`` how the numbers were made (split, ties, filter_seen, loss, negatives,
+  data fingerprint, sizes, versions),
+* ``metrics.json``  val and test metrics of the best checkpoint (written last, only when the
+  run finished: its presence is what makes an experiment skip the run on resume),
+* ``checkpoints/best.ckpt`` and ``checkpoints/last.ckpt``, ``logs/`` (CSV) and ``wandb/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import (
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    RichProgressBar,
+)
+from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+
+from intentrec.config import to_flat_dict
+from intentrec.datamodule import IntentRecDataModule
+from intentrec.module import IntentRecModule
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.out_dir) / cfg.experiment / cfg.variant / f"seed{cfg.seed}"
+
+
+def is_finished(cfg: DictConfig) -> bool:
+    return (run_dir(cfg) / METRICS_FILE).exists()
+
+
+def protocol_record(cfg: DictConfig, dm: IntentRecDataModule, module: IntentRecModule) -> dict:
+    """Everything a reader needs to know to compare our numbers with someone else's."""
+    schema = dm.schema
+    return {
+        "dataset": cfg.data.name,
+        "data_fingerprint": schema.fingerprint,
+        "split": cfg.data.split,
+        "val_fraction": cfg.data.val_fraction,
+        "test_fraction": cfg.data.test_fraction,
+        "max_len": cfg.data.max_len,
+        "eval_stride": cfg.data.eval_stride,
+        "ranking": "full catalogue",
+        "ties": "pessimistic (target ranked below every item with an equal score)",
+        "filter_seen": bool(cfg.eval.filter_seen),
+        "item_loss": module._item_loss_name(),
+        "negatives": _negatives_description(cfg, module),
+        "intent_heads": module.head_names,
+        "intent_weight": cfg.loss.intent_weight,
+        "duration_weight": cfg.data.duration_weight,
+        "num_users": schema.num_users,
+        "num_items": schema.num_items - 1,
+        "num_events": schema.num_events,
+        "stats": {k: v for k, v in dm.stats.items() if isinstance(v, int | float | str | dict)},
+        "model": cfg.model.name,
+        "parameters": sum(p.numel() for p in module.model.parameters()),
+        "torch": torch.__version__,
+        "lightning": pl.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _negatives_description(cfg: DictConfig, module: IntentRecModule) -> str:
+    kind = module._item_loss_name()
+    if kind == "full":
+        return "none (softmax over the full catalogue)"
+    if kind == "bce":
+        return "1 uniform negative per target (SASRec original)"
+    if cfg.model.name == "gru4rec":
+        return (
+            f"{cfg.model.gru_n_sample} shared negatives ~ popularity^{cfg.model.gru_sample_alpha},"
+            f" logQ={cfg.model.gru_logq}"
+        )
+    return f"{cfg.loss.num_negatives} shared negatives ~ popularity^0.75, logQ=1"
+
+
+def build_loggers(cfg: DictConfig, out: Path) -> list[Logger]:
+    loggers: list[Logger] = []
+    if cfg.logging.csv:
+        loggers.append(CSVLogger(save_dir=str(out), name="logs", version=""))
+    if cfg.logging.wandb and cfg.logging.wandb_mode != "disabled":
+        # Offline by default: no account, no network; `wandb sync <run_dir>/wandb/offline-*`.
+        os.environ.setdefault("WANDB_SILENT", "true")
+        loggers.append(
+            WandbLogger(
+                project=cfg.logging.project,
+                entity=cfg.logging.entity,
+                group=cfg.experiment,
+                name=f"{cfg.variant}-seed{cfg.seed}",
+                tags=list(cfg.logging.tags) + [cfg.experiment, cfg.model.name, cfg.data.name],
+                save_dir=str(out),
+                mode=cfg.logging.wandb_mode,
+                config=to_flat_dict(cfg),
+                job_type="train",
+            )
+        )
+    return loggers
+
+
+def build_trainer(
+    cfg: DictConfig, out: Path, loggers: list[Logger] | bool, callbacks: list | None = None
+) -> pl.Trainer:
+    tcfg = cfg.trainer
+    return pl.Trainer(
+        max_epochs=tcfg.max_epochs,
+        accelerator=tcfg.accelerator,
+        devices=tcfg.devices,
+        strategy=tcfg.strategy,
+        num_nodes=tcfg.num_nodes,
+        precision=tcfg.precision,
+        logger=loggers,
+        callbacks=callbacks or [],
+        check_val_every_n_epoch=tcfg.check_val_every_n_epoch,
+        limit_train_batches=tcfg.limit_train_batches,
+        limit_val_batches=tcfg.limit_val_batches,
+        limit_test_batches=tcfg.limit_test_batches,
+        fast_dev_run=tcfg.fast_dev_run,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        deterministic=tcfg.deterministic,
+        enable_progress_bar=tcfg.progress_bar,
+        enable_model_summary=False,
+        default_root_dir=str(out),
+        # The DataModule builds its own samplers: unrepeated ones for evaluation, so that
+        # distributed metrics equal single-process metrics exactly.
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+    )
+
+
+def _to_float(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def train_run(cfg: DictConfig) -> dict[str, float]:
+    """Train one configuration, evaluate its best checkpoint on val and test, record it."""
+    out = run_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    dm = IntentRecDataModule(cfg)
+    dm.prepare_data()
+    dm.setup("fit")
+    module = IntentRecModule(cfg, dm.schema, dm.item_counts)
+
+    monitor = cfg.trainer.monitor
+    checkpoint = ModelCheckpoint(
+        dirpath=str(out / "checkpoints"),
+        filename="best",
+        monitor=monitor,
+        mode="max",
+        save_last=True,
+        enable_version_counter=False,
+    )
+    callbacks: list = [
+        checkpoint,
+        EarlyStopping(monitor=monitor, mode="max", patience=cfg.trainer.patience),
+    ]
+    if cfg.trainer.progress_bar:
+        callbacks.append(RichProgressBar(leave=False))
+    loggers = build_loggers(cfg, out)
+    if any(isinstance(lg, WandbLogger) for lg in loggers):
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    trainer = build_trainer(cfg, out, loggers, callbacks)
+
+    if trainer.is_global_zero:
+        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    train_s = time.perf_counter() - started
+
+    ckpt = checkpoint.best_model_path or None
+    if cfg.trainer.fast_dev_run:
+        ckpt = None  # fast_dev_run saves no checkpoints; evaluate the in-memory weights
+    metrics: dict[str, float] = {}
+    metrics.update(
+        _to_float(trainer.validate(module, datamodule=dm, ckpt_path=ckpt, verbose=False)[0])
+    )
+    metrics.update(_to_float(trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False)[0]))
+    metrics["time/train_s"] = train_s
+    metrics["epochs"] = float(trainer.current_epoch)
+    metrics["best_epoch"] = float(_best_epoch(checkpoint))
+    metrics["time/epoch_s"] = train_s / max(1, trainer.current_epoch)
+
+    if trainer.is_global_zero:
+        (out / "protocol.json").write_text(json.dumps(protocol_record(cfg, dm, module), indent=2))
+        for lg in loggers:
+            if isinstance(lg, WandbLogger):
+                lg.experiment.summary.update(metrics)
+        # Written last: its presence marks the run finished (experiments skip it on resume).
+        (out / METRICS_FILE).write_text(json.dumps(dict(sorted(metrics.items())), indent=2))
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            lg.experiment.finish()
+    return metrics
+
+
+def _best_epoch(checkpoint: ModelCheckpoint) -> int:
+    path = checkpoint.best_model_path
+    if not path or not Path(path).exists():
+        return -1
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return int(state.get("epoch", -1))
+
+
+def evaluate_checkpoint(
+    ckpt_path: str | Path,
+    split: str = "test",
+    overrides: list[str] | tuple[str, ...] = (),
+    trainer_overrides: dict | None = None,
+) -> dict[str, float]:
+    """Rebuild a run from its checkpoint alone and evaluate it on ``split`` (val|test)."""
+    from intentrec.config import merge, parse_overrides, validate
+
+    ckpt_path = Path(ckpt_path)
+    if not ckpt_path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
+    module = IntentRecModule.load_from_checkpoint(str(ckpt_path), map_location="cpu")
+    cfg = module.cfg
+    if overrides:
+        cfg = merge(
+            OmegaConf.structured(_schema_cls()),
+            cfg,
+            parse_overrides(overrides),
+            source="command line",
+        )
+        validate(cfg)
+    if trainer_overrides:
+        cfg = merge(cfg, {"trainer": trainer_overrides})
+    # Evaluation-only settings may change; the model and data must be the checkpoint's.
+    module.cfg.eval = cfg.eval
+    dm = IntentRecDataModule(cfg)
+    dm.prepare_data()
+    dm.setup("test" if split == "test" else "validate")
+    if dm.schema.fingerprint != module.schema.fingerprint:
+        raise ValueError(
+            f"{ckpt_path}: data fingerprint {dm.schema.fingerprint} differs from the checkpoint's "
+            f"{module.schema.fingerprint}; the data or data.* config changed"
+        )
+    trainer = build_trainer(cfg, ckpt_path.parent, loggers=False)
+    if split == "test":
+        result = trainer.test(module, datamodule=dm, verbose=False)[0]
+    elif split == "val":
+        result = trainer.validate(module, datamodule=dm, verbose=False)[0]
+    else:
+        raise ValueError(f"--split must be 'val' or 'test', not {split!r}")
+    return _to_float(result)
+
+
+def _schema_cls():
+    from intentrec.config import RunConfig
+
+    return RunConfig
