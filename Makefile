@@ -31,7 +31,7 @@ data: install ## prepare a dataset: make data NAME=ml-100k
 	$(BIN)/intentrec data prepare $(or $(NAME),synthetic)
 
 test: install ## fast test suite (CPU, < 10 min on 2 cores)
-	$(BIN)/pytest
+	$(BIN)/pytest -q
 
 test-slow: install ## slow tests too (DDP on CPU, longer runs)
 	$(BIN)/pytest -m "slow or not slow"

@@ -132,7 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # key=value overrides may come after flags (`train exp --single variant=V3`), which
+    # argparse's subparsers cannot intermix; leftover key=value words join the overrides.
+    args, extra = build_parser().parse_known_args(argv)
+    unknown = [word for word in extra if "=" not in word or word.startswith("-")]
+    if unknown or (extra and not hasattr(args, "overrides")):
+        build_parser().error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

@@ -54,7 +54,9 @@ class DataConfig:
     release_buckets_days: list[int] = field(default_factory=lambda: [30, 180, 365, 1825])
     duration_weight: str = "log1p"  # one of DURATION_WEIGHTS: target weight from watch time
     max_len: int = 50  # events per input window
-    eval_stride: int = 1  # each eval window scores this many targets (1 = every target sees max_len events)
+    eval_stride: int = (
+        1  # each eval window scores this many targets (1 = every target sees max_len events)
+    )
     batch_size: int = 256  # global batch size, divided by world size
     eval_batch_size: int = 512  # global evaluation batch size
     num_workers: int = 0
@@ -202,13 +204,20 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> DictConfig:
         key, value = item.split("=", 1)
         if key == "data":
             key = "data.name"
-        if key == "model" and value in MODELS:
+        if key == "model":
             key = "model.name"
         fixed.append(f"{key}={value}")
     try:
-        return OmegaConf.from_dotlist(fixed)
+        parsed = OmegaConf.from_dotlist(fixed)
     except OmegaConfBaseException as err:
         raise ConfigError(_describe(err, "command line")) from None
+    for key, choices in _CHOICES.items():
+        value = OmegaConf.select(parsed, key, default=None)
+        if value is not None and value not in choices:
+            raise ConfigError(
+                f"command line: config key '{key}': {value!r} is not one of {list(choices)}"
+            )
+    return parsed
 
 
 def validate(cfg: DictConfig) -> None:
@@ -255,7 +264,7 @@ def load(
 
 
 # Keys of an experiment file that describe the set of runs, not a run.
-EXPERIMENT_KEYS = ("variants", "seeds", "baseline", "description", "metrics")
+EXPERIMENT_KEYS = ("variants", "seeds", "baseline", "description", "metrics", "grid")
 
 
 def strip_experiment_keys(raw: DictConfig | ListConfig) -> DictConfig:

@@ -163,47 +163,59 @@ class IntentRecModule(pl.LightningModule):
             scores = scores + bias[items]
         return scores
 
+    def _sampling_probs(self, alpha: float) -> Tensor:
+        """P(i) ∝ count_i ** alpha over training-target counts (uniform if none known)."""
+        probs = self.item_counts.clamp_min(0).pow(alpha)
+        probs[0] = 0.0
+        if probs.sum() <= 0:
+            probs = torch.ones_like(probs)
+            probs[0] = 0.0
+        return probs / probs.sum()
+
     def _sampled_softmax(
         self, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor
     ) -> Tensor:
-        """Softmax over the target + negatives shared across the batch, with logQ correction.
+        """Softmax over each row's target, the batch's other targets and shared samples.
 
-        Negatives are drawn from popularity^alpha of training targets (alpha and logQ
-        strength from the GRU4Rec options; for other models alpha=0.75, full logQ). Sampled
-        items equal to a row's target are masked ("accidental hits").
+        GRU4Rec's official sampled cross-entropy (see ``intentrec.models.gru4rec``): columns
+        are ``[y_1..y_N, s_1..s_K]`` with ``s ~ count ** alpha`` drawn once per step,
+        duplicates and accidental hits kept, logQ ``-logq * log q(column)`` with raw counts
+        for the in-batch targets and ``count ** alpha`` for the samples. Other models use
+        the same estimator with ``loss.num_negatives``, alpha 0.75 and full logQ. Rows are
+        processed in chunks so memory stays O(chunk x (N + K)).
         """
         model_cfg = self.cfg.model
         if model_cfg.name == "gru4rec":
-            n_sample, alpha, logq = (
-                model_cfg.gru_n_sample,
-                model_cfg.gru_sample_alpha,
-                model_cfg.gru_logq,
-            )
+            n_sample = model_cfg.gru_n_sample
+            alpha, logq = model_cfg.gru_sample_alpha, model_cfg.gru_logq
         else:
             n_sample, alpha, logq = self.cfg.loss.num_negatives, 0.75, 1.0
-        probs = self.item_counts.clamp_min(0).pow(alpha)
-        probs[0] = 0.0
-        if probs.sum() <= 0:  # no counts known: uniform over real items
-            probs = torch.ones_like(probs)
-            probs[0] = 0.0
-        probs = probs / probs.sum()
-        negatives = torch.multinomial(probs.float(), n_sample, replacement=True)  # [S]
-        candidates_w = weight[negatives]  # [S, d]
-        neg_scores = hidden @ candidates_w.T  # [N, S]
-        pos_scores = (hidden * weight[targets]).sum(-1, keepdim=True)  # [N, 1]
-        if bias is not None:
-            neg_scores = neg_scores + bias[negatives]
-            pos_scores = pos_scores + bias[targets].unsqueeze(1)
-        score_fn = self._score_fn()
-        if score_fn is not None:
-            neg_scores, pos_scores = score_fn(neg_scores), score_fn(pos_scores)
+        probs = self._sampling_probs(alpha)
+        samples = torch.multinomial(probs.float(), n_sample, replacement=True)  # [K]
+        columns = torch.cat([targets, samples.to(targets.device)])  # [N + K]
+        col_weight = weight[columns]  # [N + K, d]
+        col_bias = None if bias is None else bias[columns]  # [N + K]
+        correction = None
         if logq > 0:
-            log_q = torch.log(probs.to(hidden.dtype).clamp_min(1e-30))
-            neg_scores = neg_scores - logq * log_q[negatives]
-            pos_scores = pos_scores - logq * log_q[targets].unsqueeze(1)
-        neg_scores = neg_scores.masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), -1e9)
-        logits = torch.cat([pos_scores, neg_scores], dim=1)  # [N, 1 + S]
-        return F.cross_entropy(logits, torch.zeros_like(targets), reduction="none")
+            counts = self.item_counts.to(hidden.dtype).clamp_min(1.0)
+            correction = torch.cat(
+                [logq * counts[targets].log(), logq * alpha * counts[samples].log()]
+            )  # [N + K]
+        score_fn = self._score_fn()
+        losses = []
+        chunk = max(1, 2**24 // max(1, columns.numel()))
+        for start in range(0, hidden.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            logits = hidden[rows] @ col_weight.T  # [n, N + K]
+            if col_bias is not None:
+                logits = logits + col_bias
+            if score_fn is not None:
+                logits = score_fn(logits)
+            if correction is not None:
+                logits = logits - correction
+            diagonal = torch.arange(start, start + logits.shape[0], device=hidden.device)  # [n]
+            losses.append(F.cross_entropy(logits, diagonal, reduction="none"))
+        return torch.cat(losses)
 
     def intent_loss(
         self, spec: IntentSpec, logits: Tensor, labels: Tensor
@@ -299,7 +311,9 @@ class IntentRecModule(pl.LightningModule):
             for key, value in metric.compute().items():
                 values[f"{stage}/intent/{name}/{key}"] = value
             metric.reset()
-        if getattr(self.model, "has_head_attention", False):
+        # Models with an intent embedding (IntentRec V2/V3 with heads) carry head weights;
+        # decided from the model, not from the data seen, so every rank logs the same keys.
+        if getattr(self.model, "intent_embedding", None) is not None and self.head_names:
             for name, metric in self.head_weight_means[stage].items():
                 values[f"{stage}/head_weight/{name}"] = metric.compute()
                 metric.reset()
