@@ -96,7 +96,7 @@ from torch import Tensor, nn
 from intentrec import batch as B
 from intentrec.config import ModelConfig
 from intentrec.data.schema import DataSchema
-from intentrec.models.blocks import left_padding_lengths
+from intentrec.models.blocks import Dropout, left_padding_lengths
 from intentrec.models.output import ModelOutput
 
 
@@ -197,8 +197,8 @@ class GRU4Rec(nn.Module):
             self.input_embedding = None
             self.one_hot_input = True
             input_size = schema.num_items
-        self.embed_dropout = nn.Dropout(cfg.gru_dropout_embed)
-        self.hidden_dropout = nn.Dropout(cfg.gru_dropout_hidden)
+        self.embed_dropout = Dropout(cfg.gru_dropout_embed)
+        self.hidden_dropout = Dropout(cfg.gru_dropout_hidden)
 
         self.layers = nn.ModuleList()
         for i in range(cfg.n_layers):

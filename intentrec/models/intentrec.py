@@ -55,8 +55,10 @@ from intentrec import batch as B
 from intentrec.config import ModelConfig
 from intentrec.data.schema import DataSchema, IntentSpec
 from intentrec.models.blocks import (
+    Dropout,
     TimeEncoding,
     TransformerEncoder,
+    additive_mask,
     attention_flops,
     attention_mask,
     linear_flops,
@@ -89,16 +91,16 @@ class SequenceEncoder(nn.Module):
         self.proj = nn.Linear(d_in, cfg.d_model)
         self.ln_in = nn.LayerNorm(cfg.d_model)
         self.time = TimeEncoding(cfg.d_model, max_len)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.transformer = TransformerEncoder(cfg.d_model, n_layers, cfg.n_heads, cfg.dropout)
         self.n_layers = n_layers
 
     def forward(
-        self, x: Tensor, timestamps: Tensor, padding_mask: Tensor, allowed: Tensor
+        self, x: Tensor, timestamps: Tensor, padding_mask: Tensor, attn_mask: Tensor
     ) -> Tensor:
-        """x: [B, L, d_in] -> [B, L, d_model]."""
+        """x: [B, L, d_in]; attn_mask: additive [B, 1, L, L] -> [B, L, d_model]."""
         h = self.ln_in(self.proj(x)) + self.time(timestamps, padding_mask)  # [B, L, d]
-        return self.transformer(self.dropout(h), allowed)  # [B, L, d]
+        return self.transformer(self.dropout(h), attn_mask)  # [B, L, d]
 
 
 class IntentEmbedding(nn.Module):
@@ -201,12 +203,16 @@ class IntentRec(nn.Module):
         timestamps = batch[B.TIMESTAMP]  # [B, L]
         padding_mask = batch[B.PADDING_MASK]  # [B, L]
         internals: dict[str, Tensor] = {}
-        causal = attention_mask(padding_mask)  # [B, L, L]
 
         x = self.features(batch)  # [B, L, d_F]
         internals["features"] = x
+        # Each mask is built once here and shared by every layer (and by both long-term
+        # transformers): additive float masks, so no layer converts a boolean one.
+        causal = additive_mask(attention_mask(padding_mask), x.dtype)  # [B, 1, L, L]
         if self.short_term is not None:
-            window = attention_mask(padding_mask, timestamps, self.short_term_window_s)  # [B, L, L]
+            window = additive_mask(
+                attention_mask(padding_mask, timestamps, self.short_term_window_s), x.dtype
+            )  # [B, 1, L, L]
             s = self.short_term(x, timestamps, padding_mask, window)  # [B, L, d]
             internals["short_term"] = s
             x = torch.cat([x, s], dim=-1)  # [B, L, d_F + d]

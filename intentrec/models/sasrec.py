@@ -40,8 +40,10 @@ from intentrec import batch as B
 from intentrec.config import ModelConfig
 from intentrec.data.schema import DataSchema
 from intentrec.models.blocks import (
+    Dropout,
     MultiHeadAttention,
     PointwiseFeedForward,
+    additive_mask,
     attention_flops,
     attention_mask,
     linear_flops,
@@ -57,14 +59,16 @@ class SASRecBlock(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float):
         super().__init__()
         self.ln_attn = nn.LayerNorm(d_model, eps=LN_EPS)
-        self.attn = MultiHeadAttention(d_model, n_heads, dropout, out_proj=False)
+        self.attn = MultiHeadAttention(
+            d_model, n_heads, dropout, out_proj=False, separate_queries=True
+        )
         self.ln_ffn = nn.LayerNorm(d_model, eps=LN_EPS)
         self.ffn = PointwiseFeedForward(d_model, d_model, dropout, activation="relu")
 
-    def forward(self, x: Tensor, allowed: Tensor, mask: Tensor) -> Tensor:
-        """x: [B, L, d]; allowed: Bool [B, L, L]; mask: Float [B, L, 1] -> [B, L, d]."""
+    def forward(self, x: Tensor, attn_mask: Tensor, mask: Tensor) -> Tensor:
+        """x: [B, L, d]; attn_mask: additive [B, 1, L, L]; mask: Float [B, L, 1] -> [B, L, d]."""
         q = self.ln_attn(x)  # [B, L, d]
-        x = q + self.attn(q, x, allowed)  # [B, L, d]
+        x = q + self.attn(q, attn_mask, keys=x)  # [B, L, d]
         h = self.ln_ffn(x)  # [B, L, d]
         x = h + self.ffn(h)  # [B, L, d]
         return x * mask  # [B, L, d]
@@ -89,7 +93,7 @@ class SASRec(nn.Module):
 
         self.item_embedding = nn.Embedding(schema.num_items, cfg.d_model, padding_idx=0)
         self.position_embedding = nn.Embedding(max_len, cfg.d_model)
-        self.embed_dropout = nn.Dropout(cfg.dropout)
+        self.embed_dropout = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
             SASRecBlock(cfg.d_model, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers)
         )
@@ -103,6 +107,11 @@ class SASRec(nn.Module):
                 nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.xavier_uniform_(module.weight)
+        for block in self.blocks:
+            # The fused K|V projection is two d x d matrices: glorot-initialise each (one
+            # xavier over [2d, d] would use the wrong fan).
+            for weight in block.attn.kv.weight.chunk(2, dim=0):  # [d, d] each
+                nn.init.xavier_uniform_(weight)
         self.item_embedding.weight.data[0].zero_()  # padding row, as the original's zero_pad
 
     def forward(self, batch: dict[str, Tensor]) -> ModelOutput:
@@ -118,9 +127,9 @@ class SASRec(nn.Module):
         x = x + self.position_embedding(positions).unsqueeze(0)  # [B, L, d]
         x = self.embed_dropout(x) * mask  # [B, L, d]
 
-        allowed = attention_mask(padding_mask)  # [B, L, L]
+        attn_mask = additive_mask(attention_mask(padding_mask), x.dtype)  # [B, 1, L, L]
         for block in self.blocks:
-            x = block(x, allowed, mask)  # [B, L, d]
+            x = block(x, attn_mask, mask)  # [B, L, d]
         hidden = self.ln_final(x)  # [B, L, d]
         return ModelOutput(hidden=hidden)
 

@@ -141,6 +141,28 @@ def test_causal_later_event_never_changes_earlier_outputs(
 
 
 @pytest.mark.parametrize("case", list(CASES))
+def test_causal_in_training_with_dropout(case: str, batch: dict[str, Tensor]) -> None:
+    """Training mode (the CPU dropout and written-out attention paths): with the same seed,
+    hence the same dropout masks, a later event still never changes an earlier output."""
+    model = build(case, dropout=0.3, gru_dropout_embed=0.3, gru_dropout_hidden=0.3).train()
+
+    def run(b: dict[str, Tensor]) -> dict[str, Tensor]:
+        torch.manual_seed(1)
+        with torch.no_grad():
+            return collect(model, b)
+
+    base = run(batch)
+    j = 4
+    for field in ("item", "timestamp", "genres"):
+        changed = run(perturb(batch, 0, j, field))
+        for key, value in base.items():
+            torch.testing.assert_close(
+                changed[key][:, :j], value[:, :j], rtol=0, atol=0, msg=f"{key} {field}@{j}"
+            )
+            torch.testing.assert_close(changed[key][1:], value[1:], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", list(CASES))
 def test_heavy_left_padding_is_finite_and_trainable(case: str, schema) -> None:
     model = build(case).train()
     batch = make_batch(schema, lengths=(10, 1, 0, 2), seed=3)
