@@ -33,11 +33,24 @@ from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
 from intentrec.config import to_flat_dict
 from intentrec.datamodule import IntentRecDataModule
-from intentrec.module import IntentRecModule
+from intentrec.metrics import RankingMetrics
+from intentrec.module import STAGES, IntentRecModule
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
+# Config keys `evaluate_checkpoint` may change: evaluation, loading and run bookkeeping.
+EVAL_OVERRIDABLE = (
+    "eval.",
+    "data.eval_batch_size",
+    "data.eval_stride",
+    "data.num_workers",
+    "data.cache_dir",
+    "data.path",
+    "trainer.",
+    "logging.",
+    "out_dir",
+)
 
 
 def run_dir(cfg: DictConfig) -> Path:
@@ -227,8 +240,12 @@ def evaluate_checkpoint(
     overrides: list[str] | tuple[str, ...] = (),
     trainer_overrides: dict | None = None,
 ) -> dict[str, float]:
-    """Rebuild a run from its checkpoint alone and evaluate it on ``split`` (val|test)."""
-    from intentrec.config import merge, parse_overrides, validate
+    """Rebuild a run from its checkpoint alone and evaluate it on ``split`` (val|test).
+
+    ``overrides`` may change evaluation settings only (``EVAL_OVERRIDABLE``); a key that
+    would change the model or the data is a ConfigError naming it (it would be ignored).
+    """
+    from intentrec.config import ConfigError, merge, parse_overrides, validate
 
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.exists():
@@ -243,15 +260,27 @@ def evaluate_checkpoint(
             source="command line",
         )
         validate(cfg)
+        saved = to_flat_dict(module.cfg)
+        for key, value in to_flat_dict(cfg).items():
+            if key in saved and saved[key] != value and not key.startswith(EVAL_OVERRIDABLE):
+                raise ConfigError(
+                    f"command line: config key '{key}' cannot change when evaluating a "
+                    f"checkpoint (its model and data are fixed); allowed: "
+                    f"{', '.join(EVAL_OVERRIDABLE)}"
+                )
     if trainer_overrides:
         cfg = merge(cfg, {"trainer": trainer_overrides})
     # Evaluation-only settings may change; the model and data must be the checkpoint's.
+    if list(cfg.eval.ks) != list(module.cfg.eval.ks):
+        module.ranking = torch.nn.ModuleDict(
+            {stage: RankingMetrics(ks=tuple(cfg.eval.ks)) for stage in STAGES}
+        )
     module.cfg.eval = cfg.eval
     dm = IntentRecDataModule(cfg)
     dm.prepare_data()
     dm.setup("test" if split == "test" else "validate")
     if dm.schema.fingerprint != module.schema.fingerprint:
-        raise ValueError(
+        raise ConfigError(
             f"{ckpt_path}: data fingerprint {dm.schema.fingerprint} differs from the checkpoint's "
             f"{module.schema.fingerprint}; the data or data.* config changed"
         )

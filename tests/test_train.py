@@ -1,0 +1,304 @@
+"""End-to-end: train, record and re-evaluate runs on a tiny synthetic dataset (CPU).
+
+What users rely on: every shipped experiment runs; a run folder records config, protocol,
+metrics and checkpoints; a checkpoint alone reproduces the numbers (also through the CLI);
+seeds make runs reproducible; evaluation batch size and filter_seen behave as documented;
+wandb logs offline without a network; the CLI writes summaries and reports bad keys.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from intentrec import cli
+from intentrec.config import EXPERIMENTS_DIR, ConfigError
+from intentrec.experiment import DATASET_INTENTS, load_experiment
+from intentrec.train import evaluate_checkpoint, run_dir, train_run
+from tests.conftest import (
+    TINY_DATA,
+    TINY_RUN,
+    TrainedRun,
+    assert_metrics_close,
+    read_metrics,
+    result_metrics,
+    stage_metrics,
+    tiny_overrides,
+)
+
+EXPERIMENT_FILES = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml") if p.stem != "defaults")
+SYNTHETIC_INTENTS = DATASET_INTENTS["synthetic"]
+INTENT_STATS = {"single": ("accuracy", "macro_f1"), "multi": ("top1_in_set", "micro_f1")}
+
+
+def expected_heads(cfg) -> set[str]:
+    """The intent heads a run of ``cfg`` must have on the synthetic data."""
+    if cfg.model.name != "intentrec" or cfg.model.variant == "V0":
+        return set()
+    if cfg.model.intent_heads is None:
+        return set(SYNTHETIC_INTENTS)
+    return set(cfg.model.intent_heads)
+
+
+def assert_finite(metrics: dict[str, float], key: str) -> None:
+    assert key in metrics, f"{key} missing from {sorted(metrics)}"
+    assert math.isfinite(metrics[key]), f"{key} = {metrics[key]}"
+
+
+# ---------------------------------------------------------------------------------------
+# Every experiment file runs
+# ---------------------------------------------------------------------------------------
+def test_every_experiment_file_is_smoke_tested() -> None:
+    assert {"quickstart", "ablation_intent", "baselines", "lambda_sweep"} <= set(EXPERIMENT_FILES)
+
+
+@pytest.mark.parametrize("name", EXPERIMENT_FILES)
+def test_experiment_file_runs_every_variant(name: str, tmp_path: Path, tiny_cache: Path) -> None:
+    """Each variant's first seed, shrunk to one batch, on the tiny synthetic data (files
+    naming another dataset run on it too; their variants whose intent heads synthetic data
+    does not label are skipped by load_experiment, as on the command line)."""
+    exp = load_experiment(
+        name, tiny_overrides(tmp_path / "runs", tiny_cache, "trainer.fast_dev_run=true")
+    )
+    first_seed = exp.seeds[0]
+    runs = [r for r in exp.runs if r.seed == first_seed]
+    assert [r.variant for r in runs] == exp.variants  # one run per runnable variant
+    assert not set(exp.skipped) & set(exp.variants)
+    for run in runs:
+        metrics = train_run(run.cfg)
+        where = f"{name}/{run.variant}"
+        assert_finite(metrics, "test/item/ndcg@10")
+        assert_finite(metrics, "val/item/ndcg@10")
+        protocol = json.loads((run_dir(run.cfg) / "protocol.json").read_text())
+        heads = expected_heads(run.cfg)
+        assert set(protocol["intent_heads"]) == heads, where
+        for intent in SYNTHETIC_INTENTS:
+            have = {k for k in metrics if k.startswith(f"test/intent/{intent}/")}
+            if intent not in heads:
+                assert not have, f"{where}: unexpected intent metrics {have}"
+                continue
+            kind = "multi" if intent == "genre" else "single"
+            for stat in INTENT_STATS[kind]:
+                assert_finite(metrics, f"test/intent/{intent}/{stat}")
+        assert (run_dir(run.cfg) / "metrics.json").is_file(), where
+
+
+# ---------------------------------------------------------------------------------------
+# Run folder and checkpoint
+# ---------------------------------------------------------------------------------------
+def test_run_folder_records_config_protocol_metrics_checkpoints(trained_run: TrainedRun) -> None:
+    out = trained_run.run_dir
+    assert out == Path(trained_run.cfg.out_dir) / "tiny" / "V3" / "seed0"
+    for name in ("config.yaml", "protocol.json", "metrics.json"):
+        assert (out / name).is_file(), name
+    assert (out / "checkpoints" / "best.ckpt").is_file()
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["experiment"], saved["variant"], saved["seed"]) == ("tiny", "V3", 0)
+    assert saved["model"]["d_model"] == 16 and saved["data"]["max_len"] == 10
+
+    protocol = json.loads((out / "protocol.json").read_text())
+    assert protocol["split"] == "temporal"
+    assert protocol["ties"].startswith("pessimistic")
+    assert protocol["filter_seen"] is False
+    assert protocol["item_loss"] == "full"
+    assert protocol["ranking"] == "full catalogue"
+    assert len(protocol["data_fingerprint"]) >= 16
+    assert 0 < protocol["num_items"] <= 80 and 0 < protocol["num_users"] <= 60
+    assert set(protocol["intent_heads"]) == set(SYNTHETIC_INTENTS)
+
+    metrics = read_metrics(out)
+    assert_metrics_close(metrics, trained_run.metrics, tol=0.0)  # what train_run returned
+    for key in ("test/item/ndcg@10", "test/item/hr@10", "test/item/mrr", "val/item/ndcg@10"):
+        assert_finite(metrics, key)
+    assert metrics["epochs"] == 2.0 and metrics["best_epoch"] in (0.0, 1.0)
+    for intent in SYNTHETIC_INTENTS:
+        assert any(k.startswith(f"test/intent/{intent}/") for k in metrics), intent
+    assert list(metrics) == sorted(metrics)
+
+
+def test_checkpoint_reproduces_test_and_val_metrics(trained_run: TrainedRun) -> None:
+    test = evaluate_checkpoint(trained_run.best_ckpt, split="test")
+    assert_metrics_close(test, stage_metrics(trained_run.metrics, "test"))
+    val = evaluate_checkpoint(trained_run.best_ckpt, split="val")
+    assert_metrics_close(val, stage_metrics(trained_run.metrics, "val"))
+
+
+def test_cli_evaluate_prints_the_run_metrics(
+    trained_run: TrainedRun, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out_file = tmp_path / "eval.json"
+    assert cli.main(["evaluate", str(trained_run.best_ckpt), "--out", str(out_file)]) == 0
+    stdout = capsys.readouterr().out
+    printed = json.loads(stdout[stdout.index("{") :])
+    assert_metrics_close(printed, stage_metrics(trained_run.metrics, "test"))
+    assert json.loads(out_file.read_text()) == printed
+
+
+def test_evaluate_missing_checkpoint_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert cli.main(["evaluate", str(tmp_path / "nope.ckpt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "checkpoint not found" in err
+
+
+def test_evaluate_takes_eval_settings_and_refuses_model_or_data_keys(
+    trained_run: TrainedRun, capsys: pytest.CaptureFixture
+) -> None:
+    base = stage_metrics(trained_run.metrics, "test")
+    other_ks = evaluate_checkpoint(trained_run.best_ckpt, overrides=["eval.ks=[3,50]"])
+    assert {"test/item/hr@3", "test/item/ndcg@50"} <= set(other_ks)
+    assert "test/item/hr@10" not in other_ks
+    assert other_ks["test/item/mrr"] == pytest.approx(base["test/item/mrr"], abs=1e-6)
+    assert other_ks["test/item/hr@50"] >= other_ks["test/item/hr@3"]
+    # a changed model or data key would be silently ignored (or crash): refused, named
+    for override, key in (
+        ("model.d_model=32", "model.d_model"),
+        ("data.max_len=20", "data.max_len"),
+    ):
+        with pytest.raises(ConfigError, match=rf"config key '{key}' cannot change"):
+            evaluate_checkpoint(trained_run.best_ckpt, overrides=[override])
+        assert cli.main(["evaluate", str(trained_run.best_ckpt), override]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and key in err, err
+
+
+def test_metrics_do_not_depend_on_eval_batch_size(trained_run: TrainedRun) -> None:
+    small = evaluate_checkpoint(trained_run.best_ckpt, overrides=["data.eval_batch_size=7"])
+    large = evaluate_checkpoint(trained_run.best_ckpt, overrides=["data.eval_batch_size=64"])
+    item = {k: v for k, v in large.items() if "/item/" in k}
+    assert item and item == {k: small[k] for k in item}
+    assert_metrics_close(small, large)  # intent metrics too (up to float rounding)
+
+
+# ---------------------------------------------------------------------------------------
+# Reproducibility
+# ---------------------------------------------------------------------------------------
+def test_same_seed_same_metrics_other_seed_other_metrics(trained_run: TrainedRun, tiny_cfg) -> None:
+    again = tiny_cfg("variant=V3", "seed=0")
+    assert run_dir(again) != trained_run.run_dir
+    train_run(again)
+    first = result_metrics(read_metrics(trained_run.run_dir))
+    assert result_metrics(read_metrics(run_dir(again))) == first  # bit-identical on CPU
+
+    other = tiny_cfg("variant=V3", "seed=1")
+    train_run(other)
+    second = result_metrics(read_metrics(run_dir(other)))
+    assert second.keys() == first.keys()
+    assert second != first
+
+
+# ---------------------------------------------------------------------------------------
+# filter_seen
+# ---------------------------------------------------------------------------------------
+def test_filter_seen_changes_metrics_and_is_recorded(trained_run: TrainedRun, tiny_cfg) -> None:
+    plain = stage_metrics(trained_run.metrics, "test")
+    filtered = evaluate_checkpoint(trained_run.best_ckpt, overrides=["eval.filter_seen=true"])
+    assert filtered.keys() == plain.keys()
+    # Removing other items from the ranking can only move a target up (the target itself
+    # is never removed), and the synthetic data repeats items, so some target does move.
+    for key in plain:
+        if key.startswith("test/item/"):
+            assert filtered[key] >= plain[key] - 1e-6, key
+    assert filtered["test/item/mrr"] > plain["test/item/mrr"]
+    # intent predictions do not depend on the item ranking
+    for key in plain:
+        if key.startswith("test/intent/"):
+            assert filtered[key] == pytest.approx(plain[key], abs=1e-6), key
+
+    cfg = tiny_cfg("variant=V3", "seed=0", "eval.filter_seen=true")
+    metrics = train_run(cfg)
+    protocol = json.loads((run_dir(cfg) / "protocol.json").read_text())
+    assert protocol["filter_seen"] is True
+    assert (
+        protocol["data_fingerprint"]
+        == json.loads((trained_run.run_dir / "protocol.json").read_text())["data_fingerprint"]
+    )
+    assert math.isfinite(metrics["test/item/ndcg@10"])
+    assert metrics["test/item/mrr"] != plain["test/item/mrr"]
+
+
+# ---------------------------------------------------------------------------------------
+# wandb offline
+# ---------------------------------------------------------------------------------------
+def test_wandb_offline_run_without_network(tiny_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    # Any network attempt would go to a closed local port and fail, not leave the machine.
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    cfg = tiny_cfg(
+        "logging.wandb=true",
+        "logging.wandb_mode=offline",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+    )
+    metrics = train_run(cfg)
+    out = run_dir(cfg)
+    (wandb_run,) = (out / "wandb").glob("offline-run-*")
+    assert list(wandb_run.glob("run-*.wandb")), "no offline log for `wandb sync`"
+    assert (out / "metrics.json").is_file() and math.isfinite(metrics["test/item/ndcg@10"])
+    assert (out / "logs" / "metrics.csv").is_file()  # the CSV log is always kept
+
+
+# ---------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------
+TINY_EXPERIMENT = """
+description: "tiny CLI experiment"
+seeds: [0]
+baseline: SASRec
+variants:
+  SASRec:
+    model.name: sasrec
+  V1:
+    model.variant: V1
+"""
+
+
+def test_cli_train_writes_summary(
+    tmp_path: Path, tiny_cache: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = tmp_path / "tinyexp.yaml"
+    path.write_text(TINY_EXPERIMENT)
+    out_dir = tmp_path / "runs"
+    argv = ["train", str(path), *TINY_DATA, *TINY_RUN]
+    argv += [f"out_dir={out_dir}", f"data.cache_dir={tiny_cache}", "trainer.max_epochs=1"]
+    assert cli.main(argv) == 0
+    summary = out_dir / "tinyexp" / "summary.md"
+    assert f"summary: {summary}" in capsys.readouterr().out
+    text = summary.read_text()
+    assert "| SASRec | 1 |" in text and "| V1 | 1 |" in text and "baseline" in text
+    for variant in ("SASRec", "V1"):
+        assert (out_dir / "tinyexp" / variant / "seed0" / "metrics.json").is_file()
+    for name in ("summary.csv", "summary.png", "runs.csv"):
+        assert (out_dir / "tinyexp" / name).is_file(), name
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("model.nope=1", "model.nope"),
+        ("model.d_model=abc", "model.d_model"),
+        ("data.split=sideways", "data.split"),
+    ],
+)
+def test_cli_bad_key_exits_2_with_one_line(
+    override: str, key: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = tmp_path / "tinyexp.yaml"
+    path.write_text(TINY_EXPERIMENT)
+    assert cli.main(["train", str(path), f"out_dir={tmp_path / 'runs'}", override]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.count("\n") == 0, err
+    assert err.startswith("error:") and key in err, err
+    assert "Traceback" not in captured.out + captured.err
+    assert not (tmp_path / "runs").exists()  # nothing trained
