@@ -177,12 +177,15 @@ class IntentRecModule(pl.LightningModule):
     ) -> Tensor:
         """Softmax over each row's target, the batch's other targets and shared samples.
 
-        GRU4Rec's official sampled cross-entropy (see ``intentrec.models.gru4rec``): columns
+        GRU4Rec (official sampled cross-entropy, see ``intentrec.models.gru4rec``): columns
         are ``[y_1..y_N, s_1..s_K]`` with ``s ~ count ** alpha`` drawn once per step,
         duplicates and accidental hits kept, logQ ``-logq * log q(column)`` with raw counts
-        for the in-batch targets and ``count ** alpha`` for the samples. Other models use
-        the same estimator with ``loss.num_negatives``, alpha 0.75 and full logQ. Rows are
-        processed in chunks so memory stays O(chunk x (N + K)).
+        for the in-batch targets and ``count ** alpha`` for the samples.
+        Other models (``loss.item_loss=sampled``): columns ``[y_n, s_1..s_K]`` per row with
+        ``K = loss.num_negatives`` shared samples ~ count ** 0.75 and full logQ: in-batch
+        targets are left out because a window batch holds batch x seq_len of them, which
+        at scale is as many columns as the catalogue. Rows are processed in chunks so
+        memory stays O(chunk x columns).
         """
         model_cfg = self.cfg.model
         if model_cfg.name == "gru4rec":
@@ -192,6 +195,8 @@ class IntentRecModule(pl.LightningModule):
             n_sample, alpha, logq = self.cfg.loss.num_negatives, 0.75, 1.0
         probs = self._sampling_probs(alpha)
         samples = torch.multinomial(probs.float(), n_sample, replacement=True)  # [K]
+        if model_cfg.name != "gru4rec":
+            return self._shared_negatives_softmax(hidden, weight, bias, targets, samples, probs)
         columns = torch.cat([targets, samples.to(targets.device)])  # [N + K]
         col_weight = weight[columns]  # [N + K, d]
         col_bias = None if bias is None else bias[columns]  # [N + K]
@@ -216,6 +221,32 @@ class IntentRecModule(pl.LightningModule):
             diagonal = torch.arange(start, start + logits.shape[0], device=hidden.device)  # [n]
             losses.append(F.cross_entropy(logits, diagonal, reduction="none"))
         return torch.cat(losses)
+
+    def _shared_negatives_softmax(
+        self,
+        hidden: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        targets: Tensor,
+        samples: Tensor,
+        probs: Tensor,
+    ) -> Tensor:
+        """Sampled softmax over ``[target, shared samples]`` with logQ and hit masking."""
+        log_q = probs.to(hidden.dtype).clamp_min(1e-30).log()  # [V]
+        pos = (hidden * weight[targets]).sum(-1, keepdim=True)  # [N, 1]
+        neg = hidden @ weight[samples].T  # [N, K]
+        if bias is not None:
+            pos = pos + bias[targets].unsqueeze(1)
+            neg = neg + bias[samples]
+        score_fn = self._score_fn()
+        if score_fn is not None:
+            pos, neg = score_fn(pos), score_fn(neg)
+        pos = pos - log_q[targets].unsqueeze(1)
+        neg = neg - log_q[samples]
+        # A sample equal to the row's target is not a negative ("accidental hit").
+        neg = neg.masked_fill(samples.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
+        logits = torch.cat([pos, neg], dim=1)  # [N, 1 + K]
+        return F.cross_entropy(logits, torch.zeros_like(targets), reduction="none")
 
     def intent_loss(
         self, spec: IntentSpec, logits: Tensor, labels: Tensor

@@ -1,0 +1,166 @@
+"""Data figures: synthetic events -> validated tables -> feature cache, per size.
+
+Each size runs in its own process (``python -m benchmarks.data_bench '<json>'``) with a
+fresh cache folder, so its peak RSS (``ru_maxrss`` of that process) belongs to that size
+alone and nothing is reused from an earlier cache. Timed separately:
+
+* generation: ``intentrec.data.recipes.synthetic.generate`` (numpy + polars tables);
+* pipeline: ``intentrec.data.prepare.prepare(data_cfg, raw)`` = validate the tables, encode
+  ids, sort, sessionise, split, features / labels / weights, write the cache.
+
+Linear scaling is shown as ratios between the largest and the smallest size of the time per
+event and of the memory per event (peak RSS minus the process's RSS after imports); 1.0 is
+perfectly linear.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    Reporter,
+    current_rss_bytes,
+    human_count,
+    log,
+    peak_rss_bytes,
+    reset_peak_rss,
+    run_worker,
+)
+
+EVENTS_PER_USER = 60  # the defaults' mean events per user
+ITEMS = 10_000  # fixed catalogue, so the sizes differ in events only
+DEFAULT_SIZES = (1_000_000, 10_000_000)
+QUICK_SIZES = (20_000, 100_000)
+
+
+def worker(args: dict[str, Any]) -> dict[str, Any]:
+    """Generate and prepare ``args["events"]`` synthetic events into a fresh cache dir."""
+    from intentrec.config import load
+    from intentrec.data.prepare import prepare
+    from intentrec.data.recipes import _synthetic_config
+    from intentrec.data.recipes.synthetic import generate
+
+    base_rss = current_rss_bytes()  # after imports: what the data itself adds is on top
+    peak_reset = reset_peak_rss()  # so the imports' transient peak is not counted
+    events = int(args["events"])
+    users = max(1, round(events / EVENTS_PER_USER))
+    cache = Path(tempfile.mkdtemp(prefix="bench-data-", dir=args.get("tmp")))
+    try:
+        cfg = load(
+            overrides=[
+                "data.name=synthetic",
+                f"data.synthetic.users={users}",
+                f"data.synthetic.items={int(args.get('items', ITEMS))}",
+                f"data.synthetic.events_per_user={EVENTS_PER_USER}",
+                f"data.cache_dir={cache}",
+            ]
+        ).data
+        start = time.perf_counter()
+        raw = generate(_synthetic_config(cfg.synthetic), int(cfg.seed))
+        generated = time.perf_counter()
+        prepared = prepare(cfg, raw)
+        done = time.perf_counter()
+        if prepared.reused:
+            raise RuntimeError("prepare reused a cache: the cache folder was not fresh")
+        cache_bytes = sum(f.stat().st_size for f in prepared.cache_dir.rglob("*") if f.is_file())
+        return {
+            "events": int(raw.events.height),
+            "cached_events": int(prepared.schema.num_events),
+            "users": users,
+            "items": int(cfg.synthetic["items"]),  # .items is the dict method
+            "polars_threads": _polars_threads(),
+            "generate_s": generated - start,
+            "pipeline_s": done - generated,
+            "steps_s": prepared.seconds,
+            "peak_rss": peak_rss_bytes(),
+            "base_rss": base_rss,
+            "peak_reset": peak_reset,
+            "cache_bytes": cache_bytes,
+        }
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _polars_threads() -> int:
+    import polars as pl
+
+    getter = getattr(pl, "thread_pool_size", None)
+    return int(getter()) if getter else -1
+
+
+def run(rep: Reporter, sizes: list[int] | None, quick: bool, tmp: str | None = None) -> None:
+    sizes = sorted(sizes or (QUICK_SIZES if quick else DEFAULT_SIZES))
+    results: list[dict[str, Any]] = []
+    for size in sizes:
+        label = human_count(size)
+        log(f"data: {label} events (generate + validate + prepare, own process)")
+        try:
+            r = run_worker("benchmarks.data_bench", {"events": size, "tmp": tmp})
+        except Exception as err:  # noqa: BLE001 - one size failing must not stop the rest
+            rep.error("data", f"data/{label}", err)
+            continue
+        results.append(r)
+        n = r["events"]
+        params = {
+            "events": n,
+            "users": r["users"],
+            "items": r["items"],
+            "events_per_user": EVENTS_PER_USER,
+            "polars_threads": r["polars_threads"],
+        }
+        total = r["generate_s"] + r["pipeline_s"]
+        rep.emit("data", f"data/{label}/generate", n / r["generate_s"], "events/s", params)
+        rep.emit(
+            "data",
+            f"data/{label}/pipeline",
+            n / r["pipeline_s"],
+            "events/s",
+            params,
+            steps_s=r["steps_s"],
+        )
+        rep.emit("data", f"data/{label}/total", n / total, "events/s", params, seconds=total)
+        rep.emit("data", f"data/{label}/peak_rss", r["peak_rss"] / 2**20, "MiB", params)
+        rep.emit(
+            "data",
+            f"data/{label}/rss_per_event",
+            (r["peak_rss"] - r["base_rss"]) / n,
+            "B/event",
+            params,
+            base_rss_mib=round(r["base_rss"] / 2**20, 1),
+        )
+        rep.emit("data", f"data/{label}/cache_size", r["cache_bytes"] / n, "B/event", params)
+    if len(results) >= 2:
+        small, large = results[0], results[-1]
+        ratio_params = {"large": large["events"], "small": small["events"]}
+        tag = f"{human_count(sizes[-1])}_vs_{human_count(sizes[0])}"
+
+        def per_event_time(r: dict[str, Any]) -> float:
+            return (r["generate_s"] + r["pipeline_s"]) / r["events"]
+
+        def per_event_rss(r: dict[str, Any]) -> float:
+            return max(r["peak_rss"] - r["base_rss"], 1) / r["events"]
+
+        rep.emit(
+            "data",
+            f"data/scaling/{tag}/time_per_event_ratio",
+            per_event_time(large) / per_event_time(small),
+            "x (1 = linear)",
+            ratio_params,
+        )
+        rep.emit(
+            "data",
+            f"data/scaling/{tag}/rss_per_event_ratio",
+            per_event_rss(large) / per_event_rss(small),
+            "x (1 = linear)",
+            ratio_params,
+        )
+
+
+if __name__ == "__main__":
+    print(json.dumps(worker(json.loads(sys.argv[1]))), flush=True)

@@ -1,0 +1,228 @@
+"""The benchmark harness (``benchmarks/``): every figure is produced, with sane values.
+
+These check the harness, not the speed: ``--quick`` sizes, CPU, one torch thread. The GPU
+section (``mfu``) is exercised on CPU at a toy size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import quality, train_bench
+from benchmarks.common import Reporter, bf16_peak_tflops, human_count, parse_count
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Figures the quick CPU run must produce (data sizes 20k and 100k, eval catalogues 2k, 20k).
+EXPECTED = [
+    *(
+        f"data/{size}/{what}"
+        for size in ("20k", "100k")
+        for what in ("generate", "pipeline", "total", "peak_rss", "rss_per_event", "cache_size")
+    ),
+    "data/scaling/100k_vs_20k/time_per_event_ratio",
+    "data/scaling/100k_vs_20k/rss_per_event_ratio",
+    "train/loader/batch",
+    *(
+        f"train/{model}/fp32/{what}"
+        for model in train_bench.MODELS
+        for what in ("ms_per_step", "targets_per_s", "gflops")
+    ),
+    *(f"train/{model}/params" for model in train_bench.MODELS),
+    "train/intentrec_v0_vs_sasrec/fp32/step_ratio",
+    "train/intentrec_v3_vs_sasrec/fp32/step_ratio",
+    "train/gru4rec_vs_sasrec/fp32/step_ratio",
+    *(
+        f"eval/{cat}/{what}"
+        for cat in ("2k", "20k")
+        for what in ("targets_per_s", "item_scores_per_s", "mem_bound", "rss_delta")
+    ),
+    *(
+        f"quality/{model}/{what}"
+        for model in ("sasrec", "gru4rec")
+        for what in (
+            "test_ndcg@10",
+            "reached_reference",
+            "train_s",
+            "epoch_s",
+            "best_epoch",
+            "time_to_best_s",
+            "reference_train_s",
+            "train_s_vs_recbole",
+        )
+    ),
+]
+
+
+def _fake_reference_runs(runs: Path) -> None:
+    """metrics.json of two SASRec seeds and one GRU4Rec seed, as `train_run` writes them."""
+    for variant, seed, ndcg, train_s, best in (
+        ("SASRec", 0, 0.056, 300.0, 20),
+        ("SASRec", 1, 0.054, 320.0, 22),
+        ("GRU4Rec", 0, 0.060, 200.0, 9),
+    ):
+        folder = runs / "reference_ml100k" / variant / f"seed{seed}"
+        folder.mkdir(parents=True)
+        metrics = {
+            "test/item/ndcg@10": ndcg,
+            "time/train_s": train_s,
+            "time/epoch_s": train_s / (best + 11),
+            "best_epoch": float(best),
+            "epochs": float(best + 11),
+        }
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], Path, str]:
+    root = tmp_path_factory.mktemp("bench")
+    runs = root / "runs"
+    _fake_reference_runs(runs)
+    out = root / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out), "--runs", str(runs)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return records, out, proc.stdout
+
+
+def test_quick_run_produces_every_figure(quick_run) -> None:
+    records, _, _ = quick_run
+    names = [r["name"] for r in records]
+    missing = [n for n in EXPECTED if n not in names]
+    assert not missing, f"missing figures: {missing}"
+    assert len(names) == len(set(names)), "a figure was reported twice"
+    for r in records:
+        assert not r.get("error"), f"{r['name']}: {r['error']}"
+        assert set(r) >= {"name", "value", "unit", "params", "device", "threads"}, r
+        assert r["device"] == "cpu" and r["threads"] == 1 and r["quick"] is True
+        assert isinstance(r["value"], int | float) and math.isfinite(r["value"]), r
+        if not r["name"].endswith("reached_reference"):
+            assert r["value"] > 0, r
+
+
+def test_quick_run_values_are_sane(quick_run) -> None:
+    by_name = {r["name"]: r for r in quick_run[0]}
+    # Data: events/s between 1k/s and 1G/s; total slower than each part; scaling near 1.
+    for size in ("20k", "100k"):
+        total = by_name[f"data/{size}/total"]["value"]
+        assert 1e3 < total < 1e9
+        assert total < by_name[f"data/{size}/generate"]["value"]
+        assert total < by_name[f"data/{size}/pipeline"]["value"]
+        assert 20 < by_name[f"data/{size}/peak_rss"]["value"] < 8_000  # MiB
+        assert 10 < by_name[f"data/{size}/cache_size"]["value"] < 1_000  # bytes per event
+    # Train: the size stated, targets/s consistent with ms/step, V3 costs more than V0.
+    sasrec = by_name["train/sasrec/fp32/ms_per_step"]
+    assert sasrec["params"]["batch"] == 64 and sasrec["params"]["seq_len"] == 50
+    assert 0.5 < sasrec["params"]["fill"] <= 1
+    for model in train_bench.MODELS:
+        ms = by_name[f"train/{model}/fp32/ms_per_step"]
+        rate = by_name[f"train/{model}/fp32/targets_per_s"]["value"]
+        assert rate == pytest.approx(ms["params"]["targets_per_step"] / ms["value"] * 1e3, rel=0.01)
+        flops = by_name[f"train/{model}/fp32/gflops"]
+        assert flops["params"]["fwd_flops_per_target"] > 0
+        assert 0.01 < flops["value"] < 10_000
+    v0 = by_name["train/intentrec_v0/params"]["value"]
+    assert by_name["train/intentrec_v3/params"]["value"] > v0
+    # Eval: measured memory is of the order of the chunk bound.
+    for cat in ("2k", "20k"):
+        assert by_name[f"eval/{cat}/targets_per_s"]["value"] > 10
+        bound = by_name[f"eval/{cat}/mem_bound"]["value"]
+        assert bound == pytest.approx(
+            13 * 512 * by_name[f"eval/{cat}/mem_bound"]["params"]["chunk"] / 2**20, rel=1e-4
+        )
+    # Quality: means over the seeds found; ratio to RecBole's time from the issue.
+    assert by_name["quality/sasrec/test_ndcg@10"]["value"] == pytest.approx(0.055)
+    assert by_name["quality/sasrec/reached_reference"]["value"] == 1
+    assert by_name["quality/gru4rec/reached_reference"]["value"] == 0
+    assert by_name["quality/sasrec/train_s_vs_recbole"]["value"] == pytest.approx(310 / 780)
+    assert by_name["quality/gru4rec/time_to_best_s"]["value"] == pytest.approx(200 / 20 * 10)
+
+
+def test_quick_run_writes_jsonl_and_markdown(quick_run) -> None:
+    records, out, stdout = quick_run
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == records
+    md = (out / "results.md").read_text()
+    for r in records:
+        assert f"| {r['name']} |" in md
+    assert "IntentRec benchmarks" in stdout  # the table follows the JSON lines
+
+
+def test_quality_without_runs_is_a_note(tmp_path: Path) -> None:
+    rep = Reporter(tmp_path / "out")
+    quality.run(rep, tmp_path / "no-runs")
+    assert rep.records == []
+    assert rep.notes == [quality.NO_RUNS]
+    assert "make train EXP=reference_ml100k" in quality.NO_RUNS
+
+
+def test_mfu_code_path_on_cpu_at_toy_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU-only section runs end to end (bf16 autocast on CPU) and falls back on OOM."""
+    torch.set_num_threads(1)
+    real = train_bench.measure_steps
+    tried: list[int] = []
+
+    def oom_at_16(module, cfg, batches, device, precision, warmup, steps):
+        tried.append(batches[0]["item"].shape[0])
+        if batches[0]["item"].shape[0] == 16:
+            raise torch.cuda.OutOfMemoryError("fake OOM")
+        return real(module, cfg, batches, device, precision, warmup, steps)
+
+    monkeypatch.setattr(train_bench, "measure_steps", oom_at_16)
+    rep = Reporter(tmp_path / "out")
+    toy = {"seq_len": 12, "d_model": 16, "layers": 1, "heads": 2, "items": 150}
+    train_bench.run_mfu(rep, "cpu", quick=True, size=toy, batches=(16, 8), tmp=str(tmp_path))
+    by_name = {r["name"]: r for r in rep.records}
+    assert not [r for r in rep.records if r.get("error")]
+    for model in train_bench.MFU_MODELS:
+        for loss in train_bench.LOSSES:
+            tf = by_name[f"mfu/{model}/{loss}/tflops"]
+            assert tf["value"] > 0 and tf["params"]["batch"] == 8  # 16 "did not fit"
+            assert tf["params"]["precision"] == "bf16" and tf["params"]["loss"] == loss
+    assert tried.count(16) == 4 and tried.count(8) == 4
+    # Sampled loss: the catalogue term is replaced by the N + K columns scored.
+    full = by_name["mfu/sasrec/full/tflops"]["params"]["fwd_flops_per_target"]
+    sampled = by_name["mfu/sasrec/sampled/tflops"]["params"]["fwd_flops_per_target"]
+    params = by_name["mfu/sasrec/sampled/tflops"]["params"]
+    targets = params["fill"] * 8 * 12
+    rows = params["catalogue"] + 1  # + the padding row
+    expected = full + 2 * 16 * (round(targets) + train_bench.NUM_NEGATIVES - rows)
+    assert sampled == pytest.approx(expected, abs=2 * 16 * 2)
+
+
+def test_helpers() -> None:
+    assert parse_count("10M") == 10_000_000
+    assert parse_count("50k") == 50_000
+    assert parse_count("2_000") == 2000
+    assert human_count(1_000_000) == "1M" and human_count(50_000) == "50k"
+    assert bf16_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert bf16_peak_tflops("NVIDIA H200") == 989.0
+    assert bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert bf16_peak_tflops("Some CPU") is None
+
+
+def test_cli_rejects_unknown_section() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--only", "bogus"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "unknown section" in proc.stderr
