@@ -126,6 +126,9 @@ class TrainerConfig:
     monitor: str = "val/item/ndcg@10"
     patience: int = 5  # early stopping patience in validation checks
     check_val_every_n_epoch: int = 1
+    log_every_n_steps: int = (
+        10  # training-loss logging interval (Lightning's default 50 skips small epochs)
+    )
     limit_train_batches: Any = 1.0
     limit_val_batches: Any = 1.0
     limit_test_batches: Any = 1.0

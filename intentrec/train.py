@@ -143,6 +143,7 @@ def build_trainer(
         logger=loggers,
         callbacks=callbacks or [],
         check_val_every_n_epoch=tcfg.check_val_every_n_epoch,
+        log_every_n_steps=tcfg.log_every_n_steps,
         limit_train_batches=tcfg.limit_train_batches,
         limit_val_batches=tcfg.limit_val_batches,
         limit_test_batches=tcfg.limit_test_batches,
