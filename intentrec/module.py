@@ -35,6 +35,7 @@ from intentrec.metrics import (
 )
 from intentrec.models import build_model
 from intentrec.models.output import ModelOutput
+from intentrec.optim import AdagradMomentum
 
 STAGES = ("val", "test")
 
@@ -381,7 +382,7 @@ class IntentRecModule(pl.LightningModule):
         elif opt_cfg.name == "adam":
             optimizer = torch.optim.Adam(groups, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas))
         else:
-            optimizer = torch.optim.Adagrad(groups, lr=opt_cfg.lr)
+            optimizer = AdagradMomentum(groups, lr=opt_cfg.lr, momentum=opt_cfg.momentum)
         if opt_cfg.schedule == "constant" and opt_cfg.warmup_steps == 0:
             return optimizer
         total = max(1, int(self.trainer.estimated_stepping_batches))

@@ -56,8 +56,8 @@ Losses (computed by the module; this class exposes ``loss_name``, ``n_sample``,
   ``optim.grad_clip=0``, ``optim.weight_decay=0``, ``optim.schedule=constant``,
   ``gru_loss=sampled``, ``gru_n_sample=2048``, ``gru_sample_alpha`` 0.2-0.5,
   ``gru_logq=1.0``, dropout_embed 0-0.45, dropout_hidden 0-0.4, one layer of 100-512
-  units, batch 32-240. ``torch.optim.Adagrad`` has no momentum: the lead must implement the
-  momentum variant to use ``optim.momentum > 0``.
+  units, batch 32-240. ``optim.name=adagrad`` is ``intentrec.optim.AdagradMomentum``
+  (Adagrad with the official momentum term, dense).
 
 Where we deviate, and what it costs
 -----------------------------------
