@@ -369,6 +369,22 @@ class SingleLabelIntentMetrics(Metric):
         }
 
 
+def majority_baseline(metric: Metric, class_index: int) -> dict[str, Tensor]:
+    """What always predicting ``class_index`` would score on the targets ``metric`` has seen.
+
+    Single-label: ``majority_accuracy``; multi-label: ``majority_top1_in_set`` (the class is
+    among the true labels). Computed from the already-reduced sum states, so DDP-exact.
+    """
+    if isinstance(metric, SingleLabelIntentMetrics):
+        total = metric.confusion.sum()
+        hits = metric.confusion[class_index].sum()
+        return {"majority_accuracy": _safe_ratio(hits, total).to(torch.float32)}
+    if isinstance(metric, MultiLabelIntentMetrics):
+        hits = metric.true_positives[class_index] + metric.false_negatives[class_index]
+        return {"majority_top1_in_set": _safe_ratio(hits, metric.count).to(torch.float32)}
+    raise TypeError(f"majority_baseline: unsupported metric {type(metric).__name__}")
+
+
 class MultiLabelIntentMetrics(Metric):
     """Top-1-in-set and micro-F1 of a multi-label intent head (e.g. genre), from summed counts.
 

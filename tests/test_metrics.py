@@ -306,3 +306,16 @@ def test_multi_label_intent_metrics_equal_torchmetrics() -> None:
     alone = MultiLabelIntentMetrics(c)
     alone.update(logits[40:].unsqueeze(0), target[40:].unsqueeze(0))  # [1, M, C] works too
     assert all(torch.equal(alone.compute()[k], out[k]) for k in out)
+
+
+def test_majority_baseline_counts_the_targets_of_one_class() -> None:
+    from intentrec.metrics import majority_baseline
+
+    single = SingleLabelIntentMetrics(3)
+    single.update(torch.randn(5, 3), torch.tensor([0, 2, 2, -100, 2]))
+    assert majority_baseline(single, 2)["majority_accuracy"].item() == pytest.approx(3 / 4)
+    multi = MultiLabelIntentMetrics(3)
+    labels = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 0]], dtype=torch.float)
+    multi.update(torch.randn(4, 3), labels)
+    # three labelled rows; class 0 is in two of them
+    assert majority_baseline(multi, 0)["majority_top1_in_set"].item() == pytest.approx(2 / 3)
