@@ -54,6 +54,9 @@ class DataConfig:
     release_buckets_days: list[int] = field(default_factory=lambda: [30, 180, 365, 1825])
     duration_weight: str = "log1p"  # one of DURATION_WEIGHTS: target weight from watch time
     max_len: int = 50  # events per input window
+    # training targets per window; None = max_len (no overlap). Smaller overlaps windows so
+    # each target sees >= max_len - stride + 1 events (RecBole-like), at max_len/stride cost.
+    train_stride: int | None = None
     eval_stride: int = (
         1  # each eval window scores this many targets (1 = every target sees max_len events)
     )
@@ -231,6 +234,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"config key '{key}': {value!r} is not one of {list(choices)}")
     if cfg.data.max_len < 2:
         raise ConfigError("config key 'data.max_len': must be >= 2")
+    if cfg.data.train_stride is not None and not 1 <= cfg.data.train_stride <= cfg.data.max_len:
+        raise ConfigError("config key 'data.train_stride': must be in [1, data.max_len] or null")
     if cfg.data.eval_stride < 1 or cfg.data.eval_stride > cfg.data.max_len:
         raise ConfigError("config key 'data.eval_stride': must be in [1, data.max_len]")
     if not (0 <= cfg.data.val_fraction < 1 and 0 <= cfg.data.test_fraction < 1):

@@ -258,7 +258,12 @@ class IntentRecDataModule(pl.LightningDataModule):
         max_len = int(self.cfg.data.max_len)
         arrays = self.data.arrays
         offsets, user, split = self.data.user_offsets, arrays["user"], arrays["split"]
-        strides = {"train": max_len, "val": int(self.cfg.data.eval_stride)}
+        # Training windows score `train_stride` targets each (default max_len: every position
+        # of a window is a target); a smaller stride overlaps windows so every training
+        # target keeps at least max_len - stride + 1 events of context (RecBole-like), while
+        # still being used exactly once per epoch.
+        train_stride = self.cfg.data.train_stride or max_len
+        strides = {"train": int(train_stride), "val": int(self.cfg.data.eval_stride)}
         strides["test"] = strides["val"]
         for name, stride in strides.items():
             windows = build_windows(offsets, user, split, STAGE_TAGS[name], stride)

@@ -132,8 +132,15 @@ def expected_target_rows(raw: RawTables, cfg) -> dict[str, set[int]]:
 def test_targets_are_decided_before_windows(tmp_path: Path, split: str, make_raw) -> None:
     raw = make_raw()
     seen: dict[str, list[int]] = {}
-    for max_len, stride in [(3, 1), (8, 1), (20, 1), (8, 3)]:
-        dm = make_dm(tmp_path, raw, split=split, max_len=max_len, eval_stride=stride)
+    for max_len, stride, train_stride in [(3, 1, None), (8, 1, None), (20, 1, 5), (8, 3, 1)]:
+        dm = make_dm(
+            tmp_path,
+            raw,
+            split=split,
+            max_len=max_len,
+            eval_stride=stride,
+            train_stride=train_stride,
+        )
         expected = expected_target_rows(raw, dm.cfg.data)
         row = np.asarray(dm.data.arrays["event_row"])
         for stage in STAGES:
@@ -143,7 +150,16 @@ def test_targets_are_decided_before_windows(tmp_path: Path, split: str, make_raw
             assert set(rows) == expected[stage], (stage, max_len)
             assert dm.stats["split"][stage]["targets"] == len(rows)
             seen.setdefault(stage, sorted(rows))
-            assert sorted(rows) == seen[stage]  # max_len / stride do not change the targets
+            assert sorted(rows) == seen[stage]  # max_len / strides do not change the targets
+            if stage == "train" and train_stride is not None:
+                # every training target sees max_len - train_stride + 1 events, or all before it
+                events, mask = windows_of(dm, stage)
+                context = (events >= 0).cumsum(axis=1)[mask]
+                first = np.asarray(dm.data.arrays["user_offsets"])[
+                    dm.datasets[stage].windows.user - 1
+                ]
+                history = (events + 1 - first[:, None])[mask]
+                assert (context >= np.minimum(max_len - train_stride + 1, history)).all()
 
 
 def sampled_indices(loader) -> list[list[int]]:
