@@ -82,6 +82,9 @@ class ModelConfig:
     short_term_layers: int = 1
     intent_heads: list[str] | None = None  # subset of the data's intents; None = all, [] = none
     intent_proj_dim: int = 32  # d_proj of Proj_i
+    exclude_features: list[str] = field(
+        default_factory=list
+    )  # input features left out of F_k (feature ablations)
     tie_item_embeddings: bool = True  # score with the input item embeddings (else a separate FC)
     # --- SASRec ---
     sasrec_loss: str = "ce"  # ce (full softmax) | bce (original: one sampled negative)

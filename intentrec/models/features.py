@@ -23,13 +23,26 @@ from intentrec.data.schema import DataSchema
 class FeatureEmbedding(nn.Module):
     """Maps a batch to F [batch, seq_len, out_dim]; ``out_dim`` is known after construction."""
 
-    def __init__(self, schema: DataSchema, d_item: int, feature_dim: int):
+    def __init__(
+        self,
+        schema: DataSchema,
+        d_item: int,
+        feature_dim: int,
+        exclude: list[str] | tuple[str, ...] = (),
+    ):
         super().__init__()
+        unknown = sorted(set(exclude) - {spec.name for spec in schema.features})
+        if unknown:
+            raise ValueError(
+                f"config key 'model.exclude_features': unknown feature(s) {unknown}; "
+                f"valid names: {[spec.name for spec in schema.features]}"
+            )
+        features = [spec for spec in schema.features if spec.name not in set(exclude)]
         self.item_embedding = nn.Embedding(schema.num_items, d_item, padding_idx=0)
         self.categorical = nn.ModuleDict()
         self.multi_categorical = nn.ModuleDict()
         self.numeric: list[str] = []
-        for spec in schema.features:
+        for spec in features:
             if spec.kind == "categorical":
                 self.categorical[spec.name] = nn.Embedding(
                     spec.cardinality, feature_dim, padding_idx=0
@@ -42,8 +55,8 @@ class FeatureEmbedding(nn.Module):
                 self.numeric.append(spec.name)
             else:
                 raise ValueError(f"feature {spec.name!r}: unknown kind {spec.kind!r}")
-        self.feature_names = [spec.name for spec in schema.features]
-        self.kinds = {spec.name: spec.kind for spec in schema.features}
+        self.feature_names = [spec.name for spec in features]
+        self.kinds = {spec.name: spec.kind for spec in features}
         n_embedded = len(self.categorical) + len(self.multi_categorical)
         self.out_dim = d_item + n_embedded * feature_dim + len(self.numeric)
 

@@ -144,7 +144,9 @@ class IntentRec(nn.Module):
         self.short_term_window_s: int | None = cfg.short_term_window_s if cfg.short_term else None
         self.tie_item_embeddings: bool = cfg.tie_item_embeddings
 
-        self.features = FeatureEmbedding(schema, cfg.d_model, cfg.feature_dim)
+        self.features = FeatureEmbedding(
+            schema, cfg.d_model, cfg.feature_dim, exclude=list(cfg.exclude_features or [])
+        )
         d_f = self.features.out_dim
         self.short_term = (
             SequenceEncoder(d_f, cfg, cfg.short_term_layers, max_len) if cfg.short_term else None

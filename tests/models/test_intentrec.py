@@ -175,3 +175,20 @@ def test_untied_output_head(batch) -> None:
     assert weight is tied.features.item_embedding.weight and torch.equal(
         bias, torch.zeros_like(bias)
     )
+
+
+def test_excluded_features_leave_f_k_and_do_not_change_outputs(schema, batch) -> None:
+    from intentrec.models.features import FeatureEmbedding
+
+    full = FeatureEmbedding(schema, 16, 4)
+    name = schema.features[0].name
+    reduced = FeatureEmbedding(schema, 16, 4, exclude=[name])
+    assert name not in reduced.feature_names
+    assert reduced.out_dim < full.out_dim
+    changed = dict(batch)
+    key = f"feature/{name}"
+    changed[key] = torch.zeros_like(batch[key])
+    # the excluded feature's values never reach F_k
+    torch.testing.assert_close(reduced(batch), reduced(changed))
+    with pytest.raises(ValueError, match="model.exclude_features"):
+        FeatureEmbedding(schema, 16, 4, exclude=["no_such_feature"])
