@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from intentrec import batch as B
-from intentrec.data.schema import DataSchema, FeatureSpec, IntentSpec
+from intentrec.data.schema import DataSchema, IntentSpec
 from intentrec.metrics import (
     MultiLabelIntentMetrics,
     RankingMetrics,
@@ -39,13 +39,6 @@ from intentrec.models.output import ModelOutput
 from intentrec.optim import AdagradMomentum
 
 STAGES = ("val", "test")
-
-
-def schema_from_dict(raw: dict) -> DataSchema:
-    raw = dict(raw)
-    raw["features"] = [FeatureSpec(**f) for f in raw["features"]]
-    raw["intents"] = [IntentSpec(**i) for i in raw["intents"]]
-    return DataSchema(**raw)
 
 
 class IntentRecModule(pl.LightningModule):
@@ -67,7 +60,7 @@ class IntentRecModule(pl.LightningModule):
         # Both are plain dicts so the checkpoint alone rebuilds the module (`evaluate`).
         self.save_hyperparameters({"cfg": cfg_dict, "schema": schema_dict})
         self.cfg = OmegaConf.create(cfg_dict)
-        self.schema = schema_from_dict(schema_dict)
+        self.schema = DataSchema.from_dict(schema_dict)
         self.model = build_model(self.cfg.model, self.schema, self.cfg.data.max_len)
         self.intent_specs = {spec.name: spec for spec in self.schema.intents}
         self.head_names: list[str] = list(getattr(self.model, "intent_names", []))

@@ -100,8 +100,13 @@ class DataSchema:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def from_json(cls, path: str | Path) -> DataSchema:
-        raw = json.loads(Path(path).read_text())
+    def from_dict(cls, raw: dict) -> DataSchema:
+        """Inverse of ``dataclasses.asdict`` (as stored in schema.json and checkpoints)."""
+        raw = dict(raw)
         raw["features"] = [FeatureSpec(**f) for f in raw["features"]]
         raw["intents"] = [IntentSpec(**i) for i in raw["intents"]]
         return cls(**raw)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> DataSchema:
+        return cls.from_dict(json.loads(Path(path).read_text()))
