@@ -318,8 +318,17 @@ class SingleLabelIntentMetrics(Metric):
 
     confusion: Tensor
 
-    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, **kwargs: object):
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int = IGNORE_INDEX,
+        majority_class: int | None = None,
+        **kwargs: object,
+    ):
         super().__init__(**kwargs)
+        # compute() also reports majority_accuracy: always predicting this (training-majority)
+        # class. It must be computed inside compute(), where the states are reduced over ranks.
+        self.majority_class = majority_class
         if num_classes < 2:
             raise ValueError(
                 f"SingleLabelIntentMetrics: num_classes must be >= 2, got {num_classes}"
@@ -363,17 +372,21 @@ class SingleLabelIntentMetrics(Metric):
             return {"accuracy": nan, "macro_f1": nan.clone()}
         f1 = _safe_ratio(2 * tp, 2 * tp + fp + fn)  # [C]
         present = (tp + fp + fn) > 0  # [C]
-        return {
+        out = {
             "accuracy": _safe_ratio(tp.sum(), total).to(torch.float32),
             "macro_f1": (f1[present].sum() / present.sum()).to(torch.float32),
         }
+        if self.majority_class is not None:
+            out.update(majority_baseline(self, self.majority_class))
+        return out
 
 
 def majority_baseline(metric: Metric, class_index: int) -> dict[str, Tensor]:
     """What always predicting ``class_index`` would score on the targets ``metric`` has seen.
 
     Single-label: ``majority_accuracy``; multi-label: ``majority_top1_in_set`` (the class is
-    among the true labels). Computed from the already-reduced sum states, so DDP-exact.
+    among the true labels). Called from ``compute()``, where the sum states are reduced
+    across processes, so it is DDP-exact (outside compute it sees one rank's states).
     """
     if isinstance(metric, SingleLabelIntentMetrics):
         total = metric.confusion.sum()
@@ -409,8 +422,16 @@ class MultiLabelIntentMetrics(Metric):
     top1_hits: Tensor
     count: Tensor
 
-    def __init__(self, num_classes: int, threshold: float = 0.5, **kwargs: object) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        threshold: float = 0.5,
+        majority_class: int | None = None,
+        **kwargs: object,
+    ) -> None:
         super().__init__(**kwargs)
+        # compute() also reports majority_top1_in_set for this (training-majority) class.
+        self.majority_class = majority_class
         if num_classes < 1:
             raise ValueError(
                 f"MultiLabelIntentMetrics: num_classes must be >= 1, got {num_classes}"
@@ -451,7 +472,10 @@ class MultiLabelIntentMetrics(Metric):
         tp = self.true_positives.sum()
         fp = self.false_positives.sum()
         fn = self.false_negatives.sum()
-        return {
+        out = {
             "top1_in_set": _safe_ratio(self.top1_hits, self.count).to(torch.float32),
             "micro_f1": _safe_ratio(2 * tp, 2 * tp + fp + fn).to(torch.float32),
         }
+        if self.majority_class is not None:
+            out.update(majority_baseline(self, self.majority_class))
+        return out
