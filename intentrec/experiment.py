@@ -57,6 +57,8 @@ from intentrec.config import (
     merge,
     to_flat_dict,
 )
+from intentrec.data.recipes import movielens as movielens_recipe
+from intentrec.data.recipes import synthetic as synthetic_recipe
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +66,12 @@ DEFAULT_METRICS = ("test/item/ndcg@10", "test/item/hr@10", "test/item/mrr")
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"  # written by train.train_run into the run folder
 
-# Intents each dataset recipe can label (mirrors intentrec.data.recipes); None = not known
+# Intents each dataset recipe can label, from the recipes themselves; None = not known
 # until the data is read (logs: whatever the column mapping names), so not checked here.
 DATASET_INTENTS: dict[str, tuple[str, ...] | None] = {
-    "synthetic": ("action_type", "genre", "kind", "release_bucket"),
-    "ml-100k": ("genre", "release_bucket", "engagement"),
-    "movielens": ("genre", "release_bucket", "engagement"),
+    "synthetic": synthetic_recipe.LABELLED_INTENTS,
+    "ml-100k": movielens_recipe.LABELLED_INTENTS,
+    "movielens": movielens_recipe.LABELLED_INTENTS,
     "logs": None,
 }
 

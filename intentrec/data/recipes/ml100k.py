@@ -27,7 +27,7 @@ import polars as pl
 
 from intentrec.data.errors import DataError
 from intentrec.data.recipes import RawTables
-from intentrec.data.recipes.movielens import release_from_year, split_genres
+from intentrec.data.recipes.movielens import LABELLED_INTENTS, release_from_year, split_genres
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def load_ml100k(cache_dir: str) -> RawTables:
         name="ml-100k",
         events=events,
         items=items,
-        intents=["genre", "release_bucket", "engagement"],
+        intents=list(LABELLED_INTENTS),
         weight_column="rating",
         source=f"{wheel}:{MEMBER_DIR}",
         hidden_columns=["title"],

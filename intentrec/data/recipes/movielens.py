@@ -43,7 +43,7 @@ LAYOUTS = {
     "ml-1m/ml-10m (dat)": ("ratings.dat", "movies.dat"),
     "ml-100k (u.data)": ("u.data", "u.item"),
 }
-INTENTS = ["genre", "release_bucket", "engagement"]
+LABELLED_INTENTS = ("genre", "release_bucket", "engagement")
 
 
 def load_movielens(path: str) -> RawTables:
@@ -64,7 +64,7 @@ def load_movielens(path: str) -> RawTables:
         name="movielens",
         events=events,
         items=items,
-        intents=list(INTENTS),
+        intents=list(LABELLED_INTENTS),
         weight_column="rating",
         source=f"{folder} ({layout}: {ratings_name}, {movies_name})",
         hidden_columns=["title"],

@@ -49,6 +49,8 @@ START_TS = 1_704_067_200  # 2024-01-01T00:00:00Z, first possible event
 DAY_S = 86_400
 
 INTENTS = ("continue", "discover", "rewatch", "binge_genre")
+# Intent labels this recipe offers (next-event labels derived by the feature pipeline).
+LABELLED_INTENTS = ("action_type", "genre", "kind", "release_bucket")
 CONTINUE, DISCOVER, REWATCH, BINGE = range(4)
 ACTION_TYPES = ("continue_watching", "new_title", "rewatch", "browse")  # one per intent
 ACTION_AGREEMENT = 0.85  # P(action_type is the planted intent's label)
@@ -128,7 +130,7 @@ def generate(cfg: SyntheticConfig, seed: int) -> RawTables:
         name="synthetic",
         events=events,
         items=items,
-        intents=["action_type", "genre", "kind", "release_bucket"],
+        intents=list(LABELLED_INTENTS),
         weight_column="duration",
         source=source,
         hidden_columns=["planted_intent", "session_true"],
