@@ -117,7 +117,7 @@ class IntentRecModule(pl.LightningModule):
         return scores
 
     # ------------------------------------------------------------------ losses
-    def _item_loss_name(self) -> str:
+    def item_loss_name(self) -> str:
         model_cfg = self.cfg.model
         if model_cfg.name == "sasrec" and model_cfg.sasrec_loss == "bce":
             return "bce"
@@ -127,7 +127,7 @@ class IntentRecModule(pl.LightningModule):
 
     def item_loss(self, hidden: Tensor, targets: Tensor) -> Tensor:
         """Per-target item loss. hidden: [N, d], targets: [N] -> [N]."""
-        kind = self._item_loss_name()
+        kind = self.item_loss_name()
         if kind == "full":
             logits = self.full_scores(hidden)  # [N, V]
             return F.cross_entropy(
@@ -159,6 +159,24 @@ class IntentRecModule(pl.LightningModule):
             scores = scores + bias[items]
         return scores
 
+    def negative_sampling(self) -> tuple[int, float, float]:
+        """(samples per step, popularity exponent alpha, logQ strength) of the sampled loss."""
+        model_cfg = self.cfg.model
+        if model_cfg.name == "gru4rec":
+            return model_cfg.gru_n_sample, model_cfg.gru_sample_alpha, model_cfg.gru_logq
+        return self.cfg.loss.num_negatives, 0.75, 1.0
+
+    def negatives_description(self) -> str:
+        """The negatives of the item loss, in words, for the run's protocol record."""
+        kind = self.item_loss_name()
+        if kind == "full":
+            return "none (softmax over the full catalogue)"
+        if kind == "bce":
+            return "1 uniform negative per target (SASRec original)"
+        n_sample, alpha, logq = self.negative_sampling()
+        in_batch = " + the batch's other targets" if self.cfg.model.name == "gru4rec" else ""
+        return f"{n_sample} shared negatives ~ popularity^{alpha}{in_batch}, logQ={logq}"
+
     def _sampling_probs(self, alpha: float) -> Tensor:
         """P(i) ∝ count_i ** alpha over training-target counts (uniform if none known)."""
         probs = self.item_counts.clamp_min(0).pow(alpha)
@@ -184,11 +202,7 @@ class IntentRecModule(pl.LightningModule):
         memory stays O(chunk x columns).
         """
         model_cfg = self.cfg.model
-        if model_cfg.name == "gru4rec":
-            n_sample = model_cfg.gru_n_sample
-            alpha, logq = model_cfg.gru_sample_alpha, model_cfg.gru_logq
-        else:
-            n_sample, alpha, logq = self.cfg.loss.num_negatives, 0.75, 1.0
+        n_sample, alpha, logq = self.negative_sampling()
         probs = self._sampling_probs(alpha)
         samples = torch.multinomial(probs.float(), n_sample, replacement=True)  # [K]
         if model_cfg.name != "gru4rec":

@@ -75,8 +75,8 @@ def protocol_record(cfg: DictConfig, dm: IntentRecDataModule, module: IntentRecM
         "ranking": "full catalogue",
         "ties": "pessimistic (target ranked below every item with an equal score)",
         "filter_seen": bool(cfg.eval.filter_seen),
-        "item_loss": module._item_loss_name(),
-        "negatives": _negatives_description(cfg, module),
+        "item_loss": module.item_loss_name(),
+        "negatives": module.negatives_description(),
         "intent_heads": module.head_names,
         "intent_weight": cfg.loss.intent_weight,
         "duration_weight": cfg.data.duration_weight,
@@ -90,20 +90,6 @@ def protocol_record(cfg: DictConfig, dm: IntentRecDataModule, module: IntentRecM
         "lightning": pl.__version__,
         "python": platform.python_version(),
     }
-
-
-def _negatives_description(cfg: DictConfig, module: IntentRecModule) -> str:
-    kind = module._item_loss_name()
-    if kind == "full":
-        return "none (softmax over the full catalogue)"
-    if kind == "bce":
-        return "1 uniform negative per target (SASRec original)"
-    if cfg.model.name == "gru4rec":
-        return (
-            f"{cfg.model.gru_n_sample} shared negatives ~ popularity^{cfg.model.gru_sample_alpha},"
-            f" logQ={cfg.model.gru_logq}"
-        )
-    return f"{cfg.loss.num_negatives} shared negatives ~ popularity^0.75, logQ=1"
 
 
 def build_loggers(cfg: DictConfig, out: Path) -> list[Logger]:
