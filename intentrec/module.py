@@ -113,8 +113,10 @@ class IntentRecModule(pl.LightningModule):
         score_fn = self._score_fn()
         if score_fn is not None:
             scores = score_fn(scores)
-        scores[:, 0] = float("-inf")
-        return scores
+        # Out of place: an in-place write would corrupt the saved output of score_fn (tanh).
+        padding = torch.zeros_like(scores[0], dtype=torch.bool)
+        padding[0] = True
+        return scores.masked_fill(padding, float("-inf"))
 
     # ------------------------------------------------------------------ losses
     def item_loss_name(self) -> str:

@@ -158,3 +158,15 @@ def test_sasrec_bce_loss_uses_one_negative_per_target(setup) -> None:
     neg = (flat_hidden * weight[negatives]).sum(-1)
     expected = -torch.log(torch.sigmoid(pos)) - torch.log(1 - torch.sigmoid(neg))
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_full_loss_backpropagates_through_a_saturating_final_activation() -> None:
+    """GRU4Rec's tanh final activation: masking the padding column must not break autograd."""
+    cfg = load(overrides=["model.name=gru4rec", "model.gru_final_act=tanh", "model.d_model=8"])
+    module = IntentRecModule(cfg, _schema())
+    hidden = torch.randn(4, 8, requires_grad=True)
+    targets = torch.tensor([1, 2, 3, 4])
+    loss = module.item_loss(hidden, targets).sum()
+    loss.backward()
+    assert hidden.grad is not None and torch.isfinite(hidden.grad).all()
+    assert torch.isinf(module.full_scores(hidden.detach())[:, 0]).all()
