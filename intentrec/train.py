@@ -232,8 +232,10 @@ def evaluate_checkpoint(
     ``overrides`` may change evaluation settings only (``EVAL_OVERRIDABLE``); a key that
     would change the model or the data is a ConfigError naming it (it would be ignored).
     """
-    from intentrec.config import ConfigError, merge, parse_overrides, validate
+    from intentrec.config import ConfigError, base_config, merge, parse_overrides, validate
 
+    if split not in ("val", "test"):
+        raise ValueError(f"--split must be 'val' or 'test', not {split!r}")
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.exists():
         raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
@@ -241,7 +243,7 @@ def evaluate_checkpoint(
     cfg = module.cfg
     if overrides:
         cfg = merge(
-            OmegaConf.structured(_schema_cls()),
+            base_config(),
             cfg,
             parse_overrides(overrides),
             source="command line",
@@ -274,14 +276,6 @@ def evaluate_checkpoint(
     trainer = build_trainer(cfg, ckpt_path.parent, loggers=False)
     if split == "test":
         result = trainer.test(module, datamodule=dm, verbose=False)[0]
-    elif split == "val":
-        result = trainer.validate(module, datamodule=dm, verbose=False)[0]
     else:
-        raise ValueError(f"--split must be 'val' or 'test', not {split!r}")
+        result = trainer.validate(module, datamodule=dm, verbose=False)[0]
     return _to_float(result)
-
-
-def _schema_cls():
-    from intentrec.config import RunConfig
-
-    return RunConfig
