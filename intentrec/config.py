@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -216,10 +217,19 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> DictConfig:
         if key == "model":
             key = "model.name"
         fixed.append(f"{key}={value}")
-    try:
-        parsed = OmegaConf.from_dotlist(fixed)
-    except OmegaConfBaseException as err:
-        raise ConfigError(_describe(err, "command line")) from None
+    parsed = OmegaConf.create()
+    for item in fixed:
+        # One override at a time, so an error names the override that caused it; the value
+        # is parsed as YAML, whose syntax errors are not OmegaConf exceptions.
+        try:
+            parsed.merge_with_dotlist([item])
+        except OmegaConfBaseException as err:
+            raise ConfigError(_describe(err, "command line")) from None
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or type(err).__name__
+            raise ConfigError(
+                f"command line: override '{item}': value is not valid YAML ({problem})"
+            ) from None
     for key, choices in _CHOICES.items():
         value = OmegaConf.select(parsed, key, default=None)
         if value is not None and value not in choices:

@@ -85,6 +85,10 @@ def test_experiment_file_errors_name_the_key(tmp_path: Path, text: str, pattern:
         ),
         ("seeds=[a]", r"command line: 'seeds' must be a list of non-negative integers"),
         ("nokeyvalue", r"override 'nokeyvalue' is not key=value"),
+        (
+            "grid={loss.intent_weight:[0.1]}",
+            r"command line: override 'grid=\{loss.intent_weight:\[0.1\]\}': value is not valid YAML",
+        ),
     ],
 )
 def test_command_line_errors_name_the_key(override: str, pattern: str) -> None:
