@@ -20,6 +20,9 @@ targets describe the event that follows it in the user's history.
                                               (train targets in training, val targets in
                                               validation, ...); never True at padding
     USER          Long  [batch]               encoded user id (1-based)
+    TARGET_SLICE  Long  [batch, seq_len]      evaluation only, with ``eval.slice_by``: the
+                                              target event's value code of that hidden
+                                              column (-1 at padding or where it is null)
 """
 
 ITEM = "item"
@@ -29,6 +32,7 @@ TARGET_ITEM = "target/item"
 TARGET_WEIGHT = "target/weight"
 TARGET_MASK = "target/mask"
 USER = "user"
+TARGET_SLICE = "target/slice"
 IGNORE_INDEX = -100
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import polars as pl_df
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
@@ -52,6 +53,7 @@ from intentrec.data.splits import SPLIT_NAMES
 log = logging.getLogger(__name__)
 
 STAGE_TAGS = {name: tag for tag, name in enumerate(SPLIT_NAMES)}  # train 0, val 1, test 2
+MAX_SLICES = 100  # eval.slice_by: a column with more distinct values is not a grouping
 
 
 # ---------------------------------------------------------------------------------------
@@ -119,6 +121,8 @@ class WindowDataset(Dataset):
         self.stage_tag = STAGE_TAGS[stage]
         self.max_len = max_len
         self._arrays: dict[str, np.ndarray] | None = data.arrays
+        # eval.slice_by: per-event value code of a hidden column (int64 [num_events], -1 = null)
+        self.slice_codes: np.ndarray | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -175,6 +179,8 @@ class WindowDataset(Dataset):
             B.TARGET_MASK: torch.from_numpy(mask),
             B.USER: torch.from_numpy(self.windows.user[indices]),
         }
+        if self.slice_codes is not None:
+            out[B.TARGET_SLICE] = _long(np.where(real, self.slice_codes[targets], -1))
         for spec in self.schema.features:
             values = at(f"feature/{spec.name}", inputs, 0)
             if spec.kind == "numeric":
@@ -194,6 +200,25 @@ class WindowDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         """One window, without the batch dimension (for inspection; loaders use batches)."""
         return {k: v[0] for k, v in self.__getitems__([index]).items()}
+
+
+def slice_codes(data: CachedData, column: str) -> tuple[list[str], np.ndarray]:
+    """(sorted distinct values, int64 code per event with -1 where null) of a hidden column."""
+    hidden = data.hidden
+    if column not in hidden.columns:
+        raise ConfigError(
+            f"config key 'eval.slice_by': {column!r} is not a hidden column of this data "
+            f"({data.path}); available: {hidden.columns}"
+        )
+    values = hidden[column].cast(pl_df.Utf8)
+    names = sorted(values.drop_nulls().unique().to_list())
+    if len(names) > MAX_SLICES:
+        raise ConfigError(
+            f"config key 'eval.slice_by': column {column!r} has {len(names):,} distinct values; "
+            f"slices need a categorical column (at most {MAX_SLICES})"
+        )
+    codes = values.cast(pl_df.Enum(names)).to_physical().cast(pl_df.Int64).fill_null(-1)
+    return names, codes.to_numpy()
 
 
 def _long(values: np.ndarray) -> Tensor:
@@ -242,6 +267,8 @@ class IntentRecDataModule(pl.LightningDataModule):
         self.prepared: Prepared | None = None
         self.data: CachedData | None = None
         self.datasets: dict[str, WindowDataset] = {}
+        self.slice_column: str | None = None  # eval.slice_by, once set up
+        self.slice_names: list[str] = []  # its values; code k is slice_names[k]
 
     # -- Lightning hooks ------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -268,6 +295,11 @@ class IntentRecDataModule(pl.LightningDataModule):
         for name, stride in strides.items():
             windows = build_windows(offsets, user, split, STAGE_TAGS[name], stride)
             self.datasets[name] = WindowDataset(self.data, windows, name, max_len)
+        if self.cfg.eval.slice_by is not None:
+            self.slice_column = str(self.cfg.eval.slice_by)
+            self.slice_names, codes = slice_codes(self.data, self.slice_column)
+            for name in ("val", "test"):
+                self.datasets[name].slice_codes = codes
         log.info(
             "windows: %s",
             ", ".join(f"{k} {len(v):,}" for k, v in self.datasets.items()),

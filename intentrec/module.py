@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from intentrec import batch as B
+from intentrec.config import base_config, merge
 from intentrec.data.schema import DataSchema, IntentSpec
 from intentrec.metrics import (
     MultiLabelIntentMetrics,
@@ -54,7 +55,11 @@ class IntentRecModule(pl.LightningModule):
         # save_hyperparameters compares every __init__ argument with the saved dict; an
         # array argument makes that comparison ambiguous, so it is kept out of the frame.
         item_counts = None
-        cfg_dict = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+        # Onto the schema's defaults: a checkpoint written before a config key existed lacks
+        # it, and new keys default to the old behaviour, so old runs stay loadable.
+        cfg_dict = OmegaConf.to_container(
+            merge(base_config(), cfg, source="checkpoint config"), resolve=True
+        )
         schema_dict = asdict(schema) if isinstance(schema, DataSchema) else schema
         # Both are plain dicts so the checkpoint alone rebuilds the module (`evaluate`).
         self.save_hyperparameters({"cfg": cfg_dict, "schema": schema_dict})
@@ -68,7 +73,10 @@ class IntentRecModule(pl.LightningModule):
         if counts is None:
             counts = np.zeros(self.schema.num_items)
         self.register_buffer(
-            "item_counts", torch.as_tensor(counts, dtype=torch.float64), persistent=False
+            # a float64 copy: the counts may be a read-only memory map of the cache
+            "item_counts",
+            torch.from_numpy(np.array(counts, dtype=np.float64)),
+            persistent=False,
         )
 
         ks = tuple(self.cfg.eval.ks)
@@ -85,6 +93,23 @@ class IntentRecModule(pl.LightningModule):
         self.head_weight_means = nn.ModuleDict(
             {
                 stage: nn.ModuleDict({name: MeanMetric() for name in self.head_names})
+                for stage in STAGES
+            }
+        )
+        # Item metrics per value of a hidden column (eval.slice_by); set by set_slices.
+        self.slice_column: str | None = None
+        self.slice_names: list[str] = []
+        self.slice_ranking = nn.ModuleDict()
+
+    def set_slices(self, column: str | None, names: list[str]) -> None:
+        """Also report item metrics per value of hidden column ``column`` (the datamodule's
+        ``slice_column`` / ``slice_names``; batches then carry ``B.TARGET_SLICE``)."""
+        self.slice_column = column
+        self.slice_names = list(names) if column is not None else []
+        ks = tuple(self.cfg.eval.ks)
+        self.slice_ranking = nn.ModuleDict(
+            {
+                stage: nn.ModuleList([RankingMetrics(ks=ks) for _ in self.slice_names])
                 for stage in STAGES
             }
         )
@@ -335,6 +360,10 @@ class IntentRecModule(pl.LightningModule):
             score_fn=self._score_fn(),
         )
         self.ranking[stage].update(ranks)
+        if self.slice_names:
+            codes = batch[B.TARGET_SLICE][mask]  # [N]
+            for code, metric in enumerate(self.slice_ranking[stage]):
+                metric.update(ranks[codes == code])  # every slice, empty or not, each batch
         for name in self.head_names:
             self.intent_metrics[stage][name].update(
                 out.intent_logits[name][mask].float(), batch[B.target_intent(name)][mask]
@@ -349,6 +378,14 @@ class IntentRecModule(pl.LightningModule):
         for key, value in self.ranking[stage].compute().items():
             values[f"{stage}/item/{key}"] = value
         self.ranking[stage].reset()
+        for name, metric in zip(
+            self.slice_names, self.slice_ranking[stage] if self.slice_names else []
+        ):
+            for key, value in metric.compute().items():
+                values[f"{stage}/item/{self.slice_column}={name}/{key}"] = value
+            # The slice's size, so a reader can weigh it (and slices add up to the whole).
+            values[f"{stage}/item/{self.slice_column}={name}/targets"] = metric.count.float()
+            metric.reset()
         for name in self.head_names:
             metric = self.intent_metrics[stage][name]
             for key, value in metric.compute().items():

@@ -160,6 +160,7 @@ def train_run(cfg: DictConfig) -> dict[str, float]:
     dm.prepare_data()
     dm.setup("fit")
     module = IntentRecModule(cfg, dm.schema, dm.item_counts)
+    module.set_slices(dm.slice_column, dm.slice_names)
 
     monitor = cfg.trainer.monitor
     checkpoint = ModelCheckpoint(
@@ -273,6 +274,7 @@ def evaluate_checkpoint(
             f"{ckpt_path}: data fingerprint {dm.schema.fingerprint} differs from the checkpoint's "
             f"{module.schema.fingerprint}; the data or data.* config changed"
         )
+    module.set_slices(dm.slice_column, dm.slice_names)
     trainer = build_trainer(cfg, ckpt_path.parent, loggers=False)
     if split == "test":
         result = trainer.test(module, datamodule=dm, verbose=False)[0]

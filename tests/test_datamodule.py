@@ -341,3 +341,62 @@ def test_stats_expose_drops(tmp_path: Path) -> None:
     dm = make_dm(tmp_path, tiny_raw())
     assert dm.stats["dropped"]["users_below_min_events"] == 1
     assert dm.schema.num_users == 3
+
+
+# ---------------------------------------------------------------------------------------
+# eval.slice_by
+# ---------------------------------------------------------------------------------------
+def sliced_dm(tmp_path: Path, raw: RawTables, column: str) -> IntentRecDataModule:
+    cfg = base_config()
+    cfg.data.cache_dir = str(tmp_path / "cache")
+    cfg.data.max_len = 8
+    cfg.eval.slice_by = column
+    for key, value in FRACTIONS.items():
+        cfg.data[key] = value
+    dm = IntentRecDataModule(cfg, raw=raw)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_slice_by_labels_each_eval_target_with_its_own_hidden_value(tmp_path: Path) -> None:
+    raw = random_raw()
+    # A hidden value that can be checked from the target item alone: "even"/"odd" item id,
+    # null for multiples of 5 (null targets belong to no slice).
+    item = pl.col("item_id")
+    label = (
+        pl.when(item % 5 == 0)
+        .then(None)
+        .when(item % 2 == 0)
+        .then(pl.lit("even"))
+        .otherwise(pl.lit("odd"))
+    )
+    raw.events = raw.events.with_columns(label.alias("planted_intent"))
+    raw.hidden_columns = ["planted_intent"]
+    dm = sliced_dm(tmp_path, raw, "planted_intent")
+    assert dm.slice_column == "planted_intent" and dm.slice_names == ["even", "odd"]
+    for stage in ("val", "test"):
+        ds = dm.datasets[stage]
+        batch = ds.__getitems__(list(range(len(ds))))
+        mask = batch[B.TARGET_MASK].numpy()
+        codes = batch[B.TARGET_SLICE].numpy()[mask]
+        raw_ids = dm.data.decode_items(batch[B.TARGET_ITEM].numpy()[mask]).to_numpy()
+        expected = np.where(raw_ids % 5 == 0, -1, raw_ids % 2)  # even -> 0, odd -> 1
+        assert mask.sum() > 20 and set(codes) == {-1, 0, 1}
+        np.testing.assert_array_equal(codes, expected)
+        assert (batch[B.TARGET_SLICE].numpy()[~batch[B.PADDING_MASK].numpy()] == -1).all()
+    assert B.TARGET_SLICE not in dm.datasets["train"].__getitems__([0])
+
+
+def test_slice_by_rejects_unknown_and_non_categorical_columns(tmp_path: Path) -> None:
+    raw = random_raw()
+    with pytest.raises(ConfigError, match=r"'eval.slice_by': 'planted_intent' is not a hidden"):
+        sliced_dm(tmp_path / "a", raw, "planted_intent")
+    raw.events = raw.events.with_row_index("session_true").with_columns(
+        pl.col("session_true").cast(pl.Int64)
+    )
+    raw.hidden_columns = ["session_true"]
+    with pytest.raises(
+        ConfigError, match=r"'eval.slice_by': column 'session_true' has [\d,]+ distinct"
+    ):
+        sliced_dm(tmp_path / "b", raw, "session_true")

@@ -13,10 +13,12 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from intentrec import cli
 from intentrec.config import EXPERIMENTS_DIR, ConfigError
+from intentrec.data.recipes.synthetic import INTENTS
 from intentrec.experiment import DATASET_INTENTS, load_experiment
 from intentrec.train import evaluate_checkpoint, run_dir, train_run
 from tests.conftest import (
@@ -32,6 +34,7 @@ from tests.conftest import (
 
 EXPERIMENT_FILES = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml") if p.stem != "defaults")
 SYNTHETIC_INTENTS = DATASET_INTENTS["synthetic"]
+SYNTHETIC_PLANTED_INTENTS = INTENTS
 INTENT_STATS = {"single": ("accuracy", "macro_f1"), "multi": ("top1_in_set", "micro_f1")}
 
 
@@ -169,12 +172,43 @@ def test_evaluate_takes_eval_settings_and_refuses_model_or_data_keys(
         assert err.count("\n") == 0 and key in err, err
 
 
+def test_checkpoint_from_before_a_config_key_existed_still_evaluates(
+    trained_run: TrainedRun, tmp_path: Path
+) -> None:
+    # Runs trained before model.exclude_features / data.train_stride / eval.slice_by existed
+    # lack those keys; their defaults are the old behaviour, so such runs stay evaluable.
+    ckpt = torch.load(trained_run.best_ckpt, map_location="cpu", weights_only=False)
+    cfg = ckpt["hyper_parameters"]["cfg"]
+    del cfg["model"]["exclude_features"], cfg["data"]["train_stride"], cfg["eval"]["slice_by"]
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    assert_metrics_close(evaluate_checkpoint(old), stage_metrics(trained_run.metrics, "test"))
+
+
 def test_metrics_do_not_depend_on_eval_batch_size(trained_run: TrainedRun) -> None:
     small = evaluate_checkpoint(trained_run.best_ckpt, overrides=["data.eval_batch_size=7"])
     large = evaluate_checkpoint(trained_run.best_ckpt, overrides=["data.eval_batch_size=64"])
     item = {k: v for k, v in large.items() if "/item/" in k}
     assert item and item == {k: small[k] for k in item}
     assert_metrics_close(small, large)  # intent metrics too (up to float rounding)
+
+
+def test_slices_by_planted_intent_add_up_to_the_whole(trained_run: TrainedRun) -> None:
+    base = stage_metrics(trained_run.metrics, "test")
+    sliced = evaluate_checkpoint(trained_run.best_ckpt, overrides=["eval.slice_by=planted_intent"])
+    assert_metrics_close({k: sliced[k] for k in base}, base)  # the whole is unchanged
+    prefix = "test/item/planted_intent="
+    names = {k[len(prefix) :].split("/")[0] for k in sliced if k.startswith(prefix)}
+    assert len(names) >= 2 and names <= set(SYNTHETIC_PLANTED_INTENTS)
+    counts = {name: sliced[f"{prefix}{name}/targets"] for name in names}
+    # Every synthetic event has a planted intent, so the slices partition the targets and
+    # the whole's rates are the count-weighted means of the slices' rates.
+    for key in ("hr@10", "ndcg@10", "mrr"):
+        combined = sum(counts[n] * sliced[f"{prefix}{n}/{key}"] for n in names) / sum(
+            counts.values()
+        )
+        assert combined == pytest.approx(base[f"test/item/{key}"], rel=1e-5), key
+    assert len({round(sliced[f"{prefix}{n}/ndcg@10"], 6) for n in names}) > 1
 
 
 # ---------------------------------------------------------------------------------------
