@@ -149,8 +149,9 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
     filter_seen: bool = False  # drop items already in the input window from the ranking
     chunk_size: int = 65536  # catalogue chunk for scoring (bounds memory)
-    # A hidden column of the data (synthetic: planted_intent): item metrics are also
-    # reported per value of the target event's column, e.g. test/item/planted_intent=discover/ndcg@10.
+    # Item metrics also per value of the target event's slice, e.g.
+    # test/item/planted_intent=discover/ndcg@10: cold_item (cold = never a training target),
+    # session_start (start = opens a session), or a hidden column (synthetic: planted_intent).
     slice_by: str | None = None
 
 

@@ -202,13 +202,39 @@ class WindowDataset(Dataset):
         return {k: v[0] for k, v in self.__getitems__([index]).items()}
 
 
+def _cold_item(data: CachedData) -> np.ndarray:
+    # 0 "cold": the event's item is never a training target (an ID model cannot have
+    # learned to score it), 1 "warm".
+    return (np.asarray(data.item_counts)[np.asarray(data.arrays["item"])] > 0).astype(np.int64)
+
+
+def _session_start(data: CachedData) -> np.ndarray:
+    # 0 "start": the event opens a session (the user's intent may change here), 1 "within".
+    session = np.asarray(data.arrays["session"])
+    within = np.zeros(session.size, dtype=np.int64)
+    within[1:] = session[1:] == session[:-1]  # session ids are unique over users
+    return within
+
+
+# Slices every dataset has, derived from the cache: name -> (value names, codes per event).
+DERIVED_SLICES = {
+    "cold_item": (["cold", "warm"], _cold_item),
+    "session_start": (["start", "within"], _session_start),
+}
+
+
 def slice_codes(data: CachedData, column: str) -> tuple[list[str], np.ndarray]:
-    """(sorted distinct values, int64 code per event with -1 where null) of a hidden column."""
+    """(value names, int64 code per event, -1 where null) of a derived slice
+    (``DERIVED_SLICES``) or of a hidden column (its sorted distinct values)."""
+    if column in DERIVED_SLICES:
+        names, codes_of = DERIVED_SLICES[column]
+        return list(names), codes_of(data)
     hidden = data.hidden
     if column not in hidden.columns:
         raise ConfigError(
-            f"config key 'eval.slice_by': {column!r} is not a hidden column of this data "
-            f"({data.path}); available: {hidden.columns}"
+            f"config key 'eval.slice_by': {column!r} is neither a derived slice "
+            f"{sorted(DERIVED_SLICES)} nor a hidden column of this data ({data.path}); "
+            f"hidden columns: {hidden.columns}"
         )
     values = hidden[column].cast(pl_df.Utf8)
     names = sorted(values.drop_nulls().unique().to_list())

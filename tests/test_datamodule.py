@@ -390,7 +390,9 @@ def test_slice_by_labels_each_eval_target_with_its_own_hidden_value(tmp_path: Pa
 
 def test_slice_by_rejects_unknown_and_non_categorical_columns(tmp_path: Path) -> None:
     raw = random_raw()
-    with pytest.raises(ConfigError, match=r"'eval.slice_by': 'planted_intent' is not a hidden"):
+    with pytest.raises(
+        ConfigError, match=r"'eval.slice_by': 'planted_intent' is neither a derived slice"
+    ):
         sliced_dm(tmp_path / "a", raw, "planted_intent")
     raw.events = raw.events.with_row_index("session_true").with_columns(
         pl.col("session_true").cast(pl.Int64)
@@ -400,3 +402,29 @@ def test_slice_by_rejects_unknown_and_non_categorical_columns(tmp_path: Path) ->
         ConfigError, match=r"'eval.slice_by': column 'session_true' has [\d,]+ distinct"
     ):
         sliced_dm(tmp_path / "b", raw, "session_true")
+
+
+def test_derived_slices_cold_item_and_session_start(tmp_path: Path) -> None:
+    cold_dm = sliced_dm(tmp_path / "cold", random_raw(num_items=1000), "cold_item")
+    train = cold_dm.datasets["train"].__getitems__(list(range(len(cold_dm.datasets["train"]))))
+    trained_items = set(train[B.TARGET_ITEM][train[B.TARGET_MASK]].tolist())
+    session_dm = sliced_dm(tmp_path / "session", random_raw(), "session_start")
+    gap_s = int(session_dm.cfg.data.session_gap_s)
+    timestamps = np.asarray(session_dm.data.arrays["timestamp"])
+    for stage in ("val", "test"):
+        ds = cold_dm.datasets[stage]
+        batch = ds.__getitems__(list(range(len(ds))))
+        mask = batch[B.TARGET_MASK]
+        cold = [item not in trained_items for item in batch[B.TARGET_ITEM][mask].tolist()]
+        expected = np.where(cold, 0, 1)  # names ["cold", "warm"]
+        assert cold_dm.slice_names == ["cold", "warm"] and 0 < sum(cold) < len(cold)
+        np.testing.assert_array_equal(batch[B.TARGET_SLICE][mask].numpy(), expected)
+
+        ds = session_dm.datasets[stage]
+        events, mask = ds.window_events(np.arange(len(ds)))
+        batch = ds.__getitems__(list(range(len(ds))))
+        # target j + 1 opens a session iff it comes more than session_gap_s after input j
+        gap = timestamps[events[mask] + 1] - timestamps[events[mask]]
+        expected = np.where(gap > gap_s, 0, 1)  # names ["start", "within"]
+        assert session_dm.slice_names == ["start", "within"] and set(expected) == {0, 1}
+        np.testing.assert_array_equal(batch[B.TARGET_SLICE].numpy()[mask], expected)
