@@ -418,6 +418,7 @@ def test_derived_slices_cold_item_and_session_start(tmp_path: Path) -> None:
         cold = [item not in trained_items for item in batch[B.TARGET_ITEM][mask].tolist()]
         expected = np.where(cold, 0, 1)  # names ["cold", "warm"]
         assert cold_dm.slice_names == ["cold", "warm"] and 0 < sum(cold) < len(cold)
+        assert cold_dm.stats["split"][stage]["cold_targets"] == sum(cold)  # protocol record
         np.testing.assert_array_equal(batch[B.TARGET_SLICE][mask].numpy(), expected)
 
         ds = session_dm.datasets[stage]

@@ -335,7 +335,10 @@ def _build(
         "time_min_iso": iso(int(timestamp.min())),
         "time_max_iso": iso(int(timestamp.max())),
         "dropped": dropped,
-        "split": {**split.info, **_split_counts(split.tags, is_first, user, num_users)},
+        "split": {
+            **split.info,
+            **_split_counts(split.tags, is_first, user, num_users, item, items_train_count),
+        },
         "weight": weight_info,
         "numeric_scales": scales,
         "intents": intent_info,
@@ -394,10 +397,17 @@ def _hidden_frame(ev: SortedEvents, hidden: frozenset[str]) -> pl.DataFrame:
 
 
 def _split_counts(
-    tags: np.ndarray, is_first: np.ndarray, user: np.ndarray, num_users: int
+    tags: np.ndarray,
+    is_first: np.ndarray,
+    user: np.ndarray,
+    num_users: int,
+    item: np.ndarray,
+    items_train_count: np.ndarray,
 ) -> dict[str, Any]:
-    """Events, targets (not a user's first event) and users with targets, per split."""
+    """Events, targets (not a user's first event), users with targets and cold targets
+    (item never a training target: no ID model learned to score it), per split."""
     out: dict[str, Any] = {"first_events": int(is_first.sum())}
+    cold = items_train_count[item] == 0  # [n]
     for k, name in enumerate(SPLIT_NAMES):
         tagged = tags == k
         targets = tagged & ~is_first
@@ -405,6 +415,7 @@ def _split_counts(
         out[name] = {
             "events": int(tagged.sum()),
             "targets": int(targets.sum()),
+            "cold_targets": int((targets & cold).sum()),
             "users": int(users_with_targets.sum()),
         }
     return out
@@ -429,6 +440,7 @@ def format_summary(prepared: Prepared, top_classes: int = 5) -> str:
         lines.append(
             f"  {name:<6}     {c['events']:>12,} events  {c['targets']:>12,} targets  "
             f"{c['users']:>9,} users"
+            + (f"  ({c['cold_targets']:,} cold)" if c.get("cold_targets") else "")
         )
     lines.append(f"  (first events, input only: {split['first_events']:,})")
     dropped = {k: v for k, v in s["dropped"].items() if v}
