@@ -384,7 +384,11 @@ class IntentRecModule(pl.LightningModule):
             for key, value in metric.compute().items():
                 values[f"{stage}/item/{self.slice_column}={name}/{key}"] = value
             # The slice's size, so a reader can weigh it (and slices add up to the whole).
-            values[f"{stage}/item/{self.slice_column}={name}/targets"] = metric.count.float()
+            # compute() syncs its states only while it runs: the count is read under a sync
+            # of its own, or each DDP rank would report its local share.
+            with metric.sync_context():
+                size = metric.count.float().clone()
+            values[f"{stage}/item/{self.slice_column}={name}/targets"] = size
             metric.reset()
         for name in self.head_names:
             metric = self.intent_metrics[stage][name]

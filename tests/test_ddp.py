@@ -6,7 +6,7 @@ rank 1). A small driver wraps the CLI to record, per process, which evaluation w
 rank's sampler yielded and which run files it wrote. The test then checks that
 
 * the metrics in ``metrics.json`` equal an in-process, single-device evaluation of the SAME
-  checkpoint to 1e-6 (val and test, item and intent metrics): no duplicated padding
+  checkpoint to 1e-6 (val and test; item, per-slice and intent metrics): no duplicated padding
   windows, sums and counts reduced rather than means of means;
 * the ranks' evaluation shards are disjoint and cover every window, and the targets they
   hold add up to the cache's count of test targets;
@@ -162,6 +162,7 @@ def test_ddp_metrics_equal_single_process_evaluation(tmp_path: Path, tiny_cache:
         "trainer.devices=2",
         "trainer.strategy=ddp",
         "trainer.max_epochs=2",
+        "eval.slice_by=planted_intent",  # per-slice metric states are reduced across ranks too
     ]
     result, elapsed = run_ddp(argv, log_dir, cwd=tmp_path)
     assert result.returncode == 0, (
@@ -221,5 +222,6 @@ def test_ddp_metrics_equal_single_process_evaluation(tmp_path: Path, tiny_cache:
         for split, stage in (("test", "test"), ("val", "val")):
             local = evaluate_checkpoint(ckpt, split=split, trainer_overrides=single)
             assert_metrics_close(stage_metrics(saved, stage), local)
+        assert any(k.startswith("test/item/planted_intent=") for k in saved)
         if variant == "V3":
             assert any(k.startswith("test/intent/") for k in saved)
