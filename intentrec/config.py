@@ -81,6 +81,9 @@ class ModelConfig:
     short_term: bool = True  # S_k over the personalised time window
     short_term_window_s: int = 604800  # H: 1 week; 2592000 = 1 month
     short_term_layers: int = 1
+    # Rescale S_k and Z_k to unit norm (parameter-free LayerNorm / sqrt(width)) before they
+    # join F_k, like every embedding in F_k; off = the raw encoder output and Proj sum.
+    unit_norm_blocks: bool = False
     intent_heads: list[str] | None = None  # subset of the data's intents; None = all, [] = none
     intent_proj_dim: int = 32  # d_proj of Proj_i
     exclude_features: list[str] = field(

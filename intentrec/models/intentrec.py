@@ -49,6 +49,7 @@ training).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from intentrec import batch as B
@@ -143,6 +144,7 @@ class IntentRec(nn.Module):
         self.hierarchical: bool = bool(cfg.hierarchical) and bool(heads)
         self.short_term_window_s: int | None = cfg.short_term_window_s if cfg.short_term else None
         self.tie_item_embeddings: bool = cfg.tie_item_embeddings
+        self.unit_norm_blocks: bool = bool(cfg.unit_norm_blocks)
 
         self.features = FeatureEmbedding(
             schema, cfg.d_model, cfg.feature_dim, exclude=list(cfg.exclude_features or [])
@@ -215,7 +217,7 @@ class IntentRec(nn.Module):
             window = additive_mask(
                 attention_mask(padding_mask, timestamps, self.short_term_window_s), x.dtype
             )  # [B, 1, L, L]
-            s = self.short_term(x, timestamps, padding_mask, window)  # [B, L, d]
+            s = self._block(self.short_term(x, timestamps, padding_mask, window))  # [B, L, d]
             internals["short_term"] = s
             x = torch.cat([x, s], dim=-1)  # [B, L, d_F + d]
 
@@ -226,6 +228,7 @@ class IntentRec(nn.Module):
             internals["intent_hidden"] = e_intent
             logits = self._intent_logits(e_intent)  # name -> [B, L, C_i]
             z_k, head_weights = self.intent_embedding(logits)  # [B, L, d_proj], [B, L, M]
+            z_k = self._block(z_k)
             internals["intent_embedding"] = z_k
             x = torch.cat([x, z_k], dim=-1)  # [B, L, d_F (+ d) + d_proj]
         e_item = self.item_encoder(x, timestamps, padding_mask, causal)  # [B, L, d]
@@ -239,6 +242,20 @@ class IntentRec(nn.Module):
             hidden=hidden, intent_logits=logits, head_weights=head_weights, intent_embedding=z_k
         )
         return output, internals
+
+    def _block(self, block: Tensor) -> Tensor:
+        """S_k or Z_k as it joins [F_k ⊕ ...]: unchanged, or at unit norm per position.
+
+        Why: the input projection is one Linear over the concatenation, trained with Adam,
+        so a block's share of its output follows the block's scale. Every embedding in F_k
+        has norm ≈ 1; S_k leaves a final LayerNorm with norm ≈ sqrt(d) ≈ 8, and Z_k, a
+        weighted sum of small projections of probabilities, has norm ≈ 0.1, so the item
+        transformer of a trained V3 took ~13x more signal from S_k than from Z_k.
+        """
+        if not self.unit_norm_blocks:
+            return block
+        width = block.shape[-1]
+        return F.layer_norm(block, (width,)) * width**-0.5
 
     def _intent_logits(self, hidden: Tensor) -> dict[str, Tensor]:
         """One Linear head per intent on [B, L, d] -> name -> [B, L, C_i] logits."""

@@ -163,6 +163,28 @@ def test_item_loss_trains_the_intent_predictor_end_to_end(batch) -> None:
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
 
 
+def test_unit_norm_blocks_rescale_s_and_z_only(batch) -> None:
+    raw = build(variant="V3").eval()
+    scaled = build(variant="V3", unit_norm_blocks=True).eval()  # same seed: same weights
+    _, raw_parts = raw.forward_internals(batch)
+    _, parts = scaled.forward_internals(batch)
+    real = batch[B.PADDING_MASK]
+    torch.testing.assert_close(parts["features"], raw_parts["features"])  # F_k untouched
+    for name in ("short_term", "intent_embedding"):
+        block = parts[name][real]  # [N, width]
+        width = block.shape[-1]
+        norms = block.norm(dim=-1)
+        # ≈ 1 (LayerNorm's eps shrinks near-constant rows a little)
+        torch.testing.assert_close(norms, torch.ones_like(norms), atol=0.1, rtol=0)
+        assert block.mean(-1).abs().max() < 1e-5  # a LayerNorm without affine parameters
+        assert abs(raw_parts[name][real].norm(dim=-1).mean() - 1) > 0.5, name  # it did rescale
+        assert width in (16, 8)
+    # the short-term block is rescaled before it enters the intent encoder
+    torch.testing.assert_close(
+        parts["short_term"], torch.nn.functional.layer_norm(raw_parts["short_term"], (16,)) / 4
+    )
+
+
 def test_untied_output_head(batch) -> None:
     model = build(variant="V3", tie_item_embeddings=False).eval()
     weight, bias = model.output_weights()

@@ -28,6 +28,7 @@ CASES: dict[str, dict] = {
     "intentrec-V2": {"name": "intentrec", "variant": "V2"},
     "intentrec-V3": {"name": "intentrec", "variant": "V3"},
     "intentrec-V3-untied": {"name": "intentrec", "variant": "V3", "tie_item_embeddings": False},
+    "intentrec-V3-unit-norm": {"name": "intentrec", "variant": "V3", "unit_norm_blocks": True},
     "intentrec-custom-shared-shortterm": {
         "name": "intentrec",
         "variant": "custom",
