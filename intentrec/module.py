@@ -96,15 +96,14 @@ class IntentRecModule(pl.LightningModule):
                 for stage in STAGES
             }
         )
-        # Item metrics per value of a hidden column (eval.slice_by); set by set_slices.
-        self.slice_column: str | None = None
-        self.slice_names: list[str] = []
-        self.slice_ranking = nn.ModuleDict()
+        # Item metrics per value of a slice of the target (eval.slice_by): none until the
+        # datamodule's slices are set.
+        self.set_slices(None, [])
 
     def set_slices(self, column: str | None, names: list[str]) -> None:
-        """Also report item metrics per value of hidden column ``column`` (the datamodule's
+        """Also report item metrics per value of slice ``column`` (the datamodule's
         ``slice_column`` / ``slice_names``; batches then carry ``B.TARGET_SLICE``)."""
-        self.slice_column = column
+        self.slice_column: str | None = column
         self.slice_names = list(names) if column is not None else []
         ks = tuple(self.cfg.eval.ks)
         self.slice_ranking = nn.ModuleDict(
@@ -378,9 +377,7 @@ class IntentRecModule(pl.LightningModule):
         for key, value in self.ranking[stage].compute().items():
             values[f"{stage}/item/{key}"] = value
         self.ranking[stage].reset()
-        for name, metric in zip(
-            self.slice_names, self.slice_ranking[stage] if self.slice_names else []
-        ):
+        for name, metric in zip(self.slice_names, self.slice_ranking[stage]):
             for key, value in metric.compute().items():
                 values[f"{stage}/item/{self.slice_column}={name}/{key}"] = value
             # The slice's size, so a reader can weigh it (and slices add up to the whole).
