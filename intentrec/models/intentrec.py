@@ -41,9 +41,11 @@ otherwise, scored by a separate ``Linear(d_model -> num_items)`` with bias.
 Choices the paper leaves open (documented here, exposed in config where they are sizes):
 pre-LN GPT-style blocks with 4x GELU FFNs, item embedding size ``d_model``, categorical
 embedding size ``feature_dim``, dropout after the input projection and inside the blocks,
-normal(0, 0.02) init of Linears and normal(0, 1/sqrt(dim)) of embeddings, and gradients of
+normal(0, 0.02) init of Linears and normal(0, 1/sqrt(dim)) of embeddings, gradients of
 the item loss flow into the intent predictor through ``Z_k`` (end-to-end hierarchical
-training).
+training), and with ``unit_norm_blocks`` (on in experiments/defaults.yaml, off in the schema
+so older checkpoints keep their behaviour) ``S_k`` and ``Z_k`` are brought to unit norm
+before they are concatenated with ``F_k`` (see ``_block``).
 """
 
 from __future__ import annotations
