@@ -21,8 +21,8 @@ targets describe the event that follows it in the user's history.
                                               validation, ...); never True at padding
     USER          Long  [batch]               encoded user id (1-based)
     TARGET_SLICE  Long  [batch, seq_len]      evaluation only, with ``eval.slice_by``: the
-                                              target event's value code of that hidden
-                                              column (-1 at padding or where it is null)
+                                              target event's value code in that slice
+                                              (-1 at padding or where it is null)
 """
 
 ITEM = "item"

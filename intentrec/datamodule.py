@@ -121,7 +121,7 @@ class WindowDataset(Dataset):
         self.stage_tag = STAGE_TAGS[stage]
         self.max_len = max_len
         self._arrays: dict[str, np.ndarray] | None = data.arrays
-        # eval.slice_by: per-event value code of a hidden column (int64 [num_events], -1 = null)
+        # eval.slice_by: per-event value code of the slice (int64 [num_events], -1 = null)
         self.slice_codes: np.ndarray | None = None
 
     def __getstate__(self) -> dict[str, Any]:
