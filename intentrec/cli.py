@@ -48,10 +48,10 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from intentrec.experiment import load_experiment, run_experiment
+    from intentrec.experiments import load_experiment, run_experiment
 
     if args.single:
-        from intentrec.sweep import resolve_single_run
+        from intentrec.experiments.sweep import resolve_single_run
         from intentrec.train import train_run
 
         cfg = resolve_single_run(args.experiment, list(args.overrides))
@@ -75,8 +75,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep_export(args: argparse.Namespace) -> int:
-    from intentrec.experiment import load_experiment
-    from intentrec.sweep import export_sweep
+    from intentrec.experiments import load_experiment
+    from intentrec.experiments.sweep import export_sweep
 
     exp = load_experiment(args.experiment, list(args.overrides))
     out = Path(args.out) if args.out else Path(exp.runs[0][2].out_dir) / exp.name / "sweep.yaml"

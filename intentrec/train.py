@@ -35,10 +35,10 @@ from intentrec.config import to_flat_dict
 from intentrec.datamodule import IntentRecDataModule
 from intentrec.metrics import RankingMetrics
 from intentrec.module import STAGES, IntentRecModule
+from intentrec.run_folder import METRICS_FILE, run_dir
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
 # Config keys `evaluate_checkpoint` may change: evaluation, loading and run bookkeeping.
 EVAL_OVERRIDABLE = (
     "eval.",
@@ -51,14 +51,6 @@ EVAL_OVERRIDABLE = (
     "logging.",
     "out_dir",
 )
-
-
-def run_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.out_dir) / cfg.experiment / cfg.variant / f"seed{cfg.seed}"
-
-
-def is_finished(cfg: DictConfig) -> bool:
-    return (run_dir(cfg) / METRICS_FILE).exists()
 
 
 def protocol_record(cfg: DictConfig, dm: IntentRecDataModule, module: IntentRecModule) -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from intentrec.config import EXPERIMENTS_DIR, MODELS, ConfigError, load, validate
-from intentrec.experiment import load_experiment
+from intentrec.experiments import load_experiment
 
 EXPERIMENT_FILES = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml") if p.stem != "defaults")
 

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from intentrec import experiment as ex
+from intentrec import experiments as ex
 from intentrec.config import ConfigError
+from intentrec.experiments import report, runner
+from intentrec.run_folder import run_dir
 
 # Main-metric values per (variant, seed) with hand-computable statistics:
 # base: mean 0.2, sd 0.1; better: mean 0.3, sd sqrt(0.0175); Δ = +50 %;
@@ -75,7 +77,7 @@ class FakeTrainer:
         if cfg.model.name == "intentrec":
             metrics["test/intent/action_type/accuracy"] = 0.4 + 0.1 * cfg.seed
             metrics["test/intent/genre/top1_in_set"] = 0.6
-        out = ex.run_dir(cfg)
+        out = run_dir(cfg)
         out.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, out / "config.yaml", resolve=True)
         (out / "metrics.json").write_text(json.dumps(metrics))
@@ -85,7 +87,7 @@ class FakeTrainer:
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeTrainer:
     trainer = FakeTrainer()
-    monkeypatch.setattr(ex, "train_run", trainer)
+    monkeypatch.setattr(runner, "train_run", trainer)
     return trainer
 
 
@@ -109,7 +111,7 @@ def test_variants_times_seeds_expand_seed_major(tmp_path: Path) -> None:
     assert by_variant["base"].model.name == "sasrec"
     assert (by_variant["better"].model.variant, by_variant["better"].model.d_model) == ("V2", 32)
     assert by_variant["base"].model.d_model == 64  # defaults.yaml
-    assert ex.run_dir(exp.runs[1].cfg) == tmp_path / "runs" / "toy" / "better" / "seed0"
+    assert run_dir(exp.runs[1].cfg) == tmp_path / "runs" / "toy" / "better" / "seed0"
 
 
 def test_default_variant_seed_and_metrics(tmp_path: Path) -> None:
@@ -185,11 +187,11 @@ def test_resume_skips_finished_runs(
     ex.run_experiment(exp)
     assert len(fake.calls) == 6
     fake.calls.clear()
-    with caplog.at_level("INFO", logger="intentrec.experiment"):
+    with caplog.at_level("INFO", logger="intentrec.experiments"):
         ex.run_experiment(exp)
     assert fake.calls == []
     assert "skip better seed 1: finished" in caplog.text
-    (ex.run_dir(exp.runs[3].cfg) / "metrics.json").unlink()  # an unfinished run
+    (run_dir(exp.runs[3].cfg) / "metrics.json").unlink()  # an unfinished run
     ex.run_experiment(exp)
     assert fake.calls == [("better", 1)]
 
@@ -197,13 +199,13 @@ def test_resume_skips_finished_runs(
 def test_crash_midway_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     exp = ex.load_experiment(write_exp(tmp_path), overrides(tmp_path))
     crashing = FakeTrainer(fail_on_call=3)
-    monkeypatch.setattr(ex, "train_run", crashing)
+    monkeypatch.setattr(runner, "train_run", crashing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         ex.run_experiment(exp)
     assert crashing.calls == [("base", 0), ("better", 0), ("base", 1)]
     assert not (exp.out_dir / "summary.md").exists()
     resumed = FakeTrainer()
-    monkeypatch.setattr(ex, "train_run", resumed)
+    monkeypatch.setattr(runner, "train_run", resumed)
     ex.run_experiment(exp)
     assert resumed.calls == [("base", 1), ("better", 1), ("base", 2), ("better", 2)]
     assert (exp.out_dir / "summary.md").exists()
@@ -304,15 +306,9 @@ def test_wandb_offline_summary_run_without_network(
     (run_path,) = (exp.out_dir / "wandb").glob("offline-run-*")
     assert list(run_path.glob("run-*.wandb"))  # the offline log `wandb sync` uploads later
     rows = ex.compute_summary(ex.collect_results(exp), baseline="base", metrics=exp.metrics)
-    assert ex.log_summary_to_wandb(exp, rows).parent == exp.out_dir / "wandb"
+    assert report.log_summary_to_wandb(exp, rows).parent == exp.out_dir / "wandb"
 
 
 def test_wandb_summary_skipped_when_disabled(tmp_path: Path) -> None:
     exp = ex.load_experiment(write_exp(tmp_path), overrides(tmp_path))
-    assert ex.log_summary_to_wandb(exp, []) is None
-
-
-def test_run_dir_matches_train() -> None:
-    train = pytest.importorskip("intentrec.train")
-    cfg = ex.load_experiment("quickstart").runs[0].cfg
-    assert ex.run_dir(cfg) == train.run_dir(cfg)
+    assert report.log_summary_to_wandb(exp, []) is None

@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 
 from intentrec.cli import build_parser
 from intentrec.config import ConfigError
-from intentrec.experiment import Experiment, load_experiment
-from intentrec.sweep import export_sweep, resolve_single_run
+from intentrec.experiments import Experiment, load_experiment
+from intentrec.experiments.sweep import export_sweep, resolve_single_run
 
 
 def agent_argv(command: list[str], args: dict[str, object]) -> list[str]:

@@ -19,7 +19,7 @@ import yaml
 from intentrec import cli
 from intentrec.config import EXPERIMENTS_DIR, ConfigError
 from intentrec.data.recipes.synthetic import INTENTS
-from intentrec.experiment import DATASET_INTENTS, load_experiment
+from intentrec.experiments import DATASET_INTENTS, load_experiment
 from intentrec.train import evaluate_checkpoint, run_dir, train_run
 from tests.conftest import (
     TINY_DATA,

@@ -19,7 +19,7 @@ import yaml
 from omegaconf import DictConfig
 
 from intentrec.config import ConfigError
-from intentrec.experiment import Experiment, load_experiment
+from intentrec.experiments.spec import Experiment, load_experiment
 
 # "--single" precedes the experiment: argparse cannot take an optional flag between two
 # positional groups of the `train` sub-command (it rejects the trailing key=value words).
@@ -49,7 +49,7 @@ def export_sweep(exp: Experiment, out_path: str | Path) -> Path:
     mode = exp.runs[0].cfg.logging.wandb_mode
     header = (
         f"# wandb sweep for experiment '{exp.name}' ({len(exp.variants)} variants x "
-        f"{len(exp.seeds)} seeds), written by intentrec.sweep.export_sweep.\n"
+        f"{len(exp.seeds)} seeds), written by intentrec.experiments.sweep.export_sweep.\n"
         f"# Start: wandb sweep {out} && wandb agent <entity/project/sweep_id>\n"
         f"# Runs log with logging.wandb_mode={mode}; an agent reports to the server only "
         f"when runs log online\n# (export with logging.wandb_mode=online to carry it into "

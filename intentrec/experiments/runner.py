@@ -1,0 +1,116 @@
+"""Run an experiment: every variant × seed, skipping finished runs, then the summary.
+
+Runs go to ``<out_dir>/<experiment>/<variant>/seed<k>/``; a run whose ``metrics.json``
+exists is finished and skipped, and an interrupted run resumes from its ``last.ckpt``
+(see :func:`intentrec.train.train_run`), so rerunning the same command resumes the
+experiment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from intentrec.config import ConfigError, to_flat_dict
+from intentrec.experiments.report import summarize
+from intentrec.experiments.spec import IGNORED_FOR_RESUME, Experiment
+from intentrec.run_folder import CONFIG_FILE, METRICS_FILE, finished_metrics, run_dir
+
+log = logging.getLogger(__name__)
+
+
+def train_run(cfg: DictConfig) -> dict[str, float]:
+    """Train one run (imported lazily: loading an experiment must not import torch)."""
+    from intentrec import train
+
+    return train.train_run(cfg)
+
+
+def config_changes(cfg: DictConfig) -> list[str]:
+    """Keys whose value differs from the finished run's saved config (results-relevant only)."""
+    saved_path = run_dir(cfg) / CONFIG_FILE
+    if not saved_path.is_file():
+        return []
+    try:
+        saved = to_flat_dict(OmegaConf.load(saved_path))
+    except (OmegaConfBaseException, yaml.YAMLError, OSError):
+        return []
+    current = to_flat_dict(cfg)
+    changes = []
+    for key, value in current.items():
+        if key.startswith(IGNORED_FOR_RESUME) or key not in saved:
+            continue  # a key added to the schema later cannot have differed
+        if saved[key] != value:
+            changes.append(f"{key}: {saved[key]!r} -> {value!r}")
+    return changes
+
+
+def _is_global_zero() -> bool:
+    # Lightning's DDP launcher re-executes the command in child processes; only rank 0
+    # writes summaries (the children still loop over the runs so each run is trained once).
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def run_experiment(exp: Experiment, *, dry_run: bool = False) -> Path:
+    """Run every variant × seed (skipping finished runs), then write and print the summary.
+
+    Returns the path of ``summary.md``. With ``dry_run`` only the plan is printed and
+    nothing is trained or written. A finished run whose saved config differs from the
+    current one is an error (its numbers would be mislabelled), naming the changed keys.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    plan = Table(
+        title=f"{exp.name}: {len(exp.runs)} runs",
+        caption=f"run folders: {exp.out_dir}/<variant>/seed<k>",
+    )
+    for col in ("#", "variant", "seed", "status"):
+        plan.add_column(col, no_wrap=col != "status")
+    todo = 0
+    for i, run in enumerate(exp.runs, 1):
+        finished = finished_metrics(run.cfg) is not None
+        changes = config_changes(run.cfg) if finished else []
+        status = "finished" if finished else "to run"
+        if changes:
+            status = f"CONFIG CHANGED ({changes[0]}{', ...' if len(changes) > 1 else ''})"
+        plan.add_row(str(i), run.variant, str(run.seed), status)
+        todo += not finished
+    if dry_run:
+        console.print(plan)
+        for name, why in exp.skipped.items():
+            console.print(f"skipped variant {name}: {why}")
+        console.print(
+            f"{todo} of {len(exp.runs)} runs to train; summary would go to {exp.summary_path}"
+        )
+        return exp.summary_path
+
+    for i, run in enumerate(exp.runs, 1):
+        tag = f"[{i}/{len(exp.runs)}] {run.variant} seed {run.seed}"
+        if finished_metrics(run.cfg) is not None:
+            changes = config_changes(run.cfg)
+            if changes:
+                raise ConfigError(
+                    f"{run_dir(run.cfg)}: holds a finished run with a different config "
+                    f"({'; '.join(changes[:3])}); pass experiment=<new name> to keep both, "
+                    f"or delete the folder to redo it"
+                )
+            log.info("skip %s seed %d: finished", run.variant, run.seed)
+            continue
+        log.info("%s -> %s", tag, run_dir(run.cfg))
+        try:
+            train_run(run.cfg)
+        except BaseException:
+            log.error("%s failed; finished runs are kept: rerun the same command to resume", tag)
+            raise
+        if finished_metrics(run.cfg) is None and _is_global_zero():
+            log.warning("%s: returned without writing %s", tag, METRICS_FILE)
+    if not _is_global_zero():
+        return exp.summary_path
+    return summarize(exp, console=console)
