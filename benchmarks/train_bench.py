@@ -9,7 +9,7 @@ The time of a step is the median of ``steps`` steps after ``warmup`` untimed one
 each step ends with a synchronisation).
 
 Throughput counts *target positions* (``target/mask`` True: the positions whose next item is
-a training target). FLOPs use the model's ``estimate_flops_per_position`` (forward: every
+a training target). FLOPs use ``intentrec.models.flops.forward_flops_per_position`` (forward: every
 Linear, attention, full-catalogue scoring; for the sampled loss the scoring term is replaced
 by the ``N + K`` columns actually scored) times 3 for forward + backward, times target
 positions per second. Padding positions are computed but not counted, so this is a lower
@@ -159,7 +159,9 @@ def build_module(
 
 def flops_per_target(module: Any, seq_len: int, sampled_columns: int | None) -> int:
     """Forward FLOPs per target position; with a sampled loss the catalogue term is swapped."""
-    fpp = int(module.model.estimate_flops_per_position(seq_len))
+    from intentrec.models.flops import forward_flops_per_position
+
+    fpp = forward_flops_per_position(module.model, seq_len)
     if sampled_columns is not None:
         weight, _ = module.model.output_weights()
         fpp += 2 * weight.shape[1] * (sampled_columns - weight.shape[0])

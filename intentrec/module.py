@@ -68,6 +68,7 @@ class IntentRecModule(pl.LightningModule):
         self.model = build_model(self.cfg.model, self.schema, self.cfg.data.max_len)
         self.intent_specs = {spec.name: spec for spec in self.schema.intents}
         self.head_names: list[str] = list(getattr(self.model, "intent_names", []))
+        self.item_objective = self.model.item_loss(self.cfg.loss)
 
         # Sampling distribution for sampled item losses (popularity^alpha over train targets).
         if counts is None:
@@ -144,12 +145,8 @@ class IntentRecModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ losses
     def item_loss_name(self) -> str:
-        model_cfg = self.cfg.model
-        if model_cfg.name == "sasrec" and model_cfg.sasrec_loss == "bce":
-            return "bce"
-        if model_cfg.name == "gru4rec" and model_cfg.gru_loss == "sampled":
-            return "sampled"
-        return "sampled" if self.cfg.loss.item_loss == "sampled" else "full"
+        """``full`` | ``sampled`` | ``bce``: the objective the model declares."""
+        return self.item_objective.kind
 
     def item_loss(self, hidden: Tensor, targets: Tensor) -> Tensor:
         """Per-target item loss. hidden: [N, d], targets: [N] -> [N]."""
@@ -185,23 +182,9 @@ class IntentRecModule(pl.LightningModule):
             scores = scores + bias[items]
         return scores
 
-    def negative_sampling(self) -> tuple[int, float, float]:
-        """(samples per step, popularity exponent alpha, logQ strength) of the sampled loss."""
-        model_cfg = self.cfg.model
-        if model_cfg.name == "gru4rec":
-            return model_cfg.gru_n_sample, model_cfg.gru_sample_alpha, model_cfg.gru_logq
-        return self.cfg.loss.num_negatives, 0.75, 1.0
-
     def negatives_description(self) -> str:
         """The negatives of the item loss, in words, for the run's protocol record."""
-        kind = self.item_loss_name()
-        if kind == "full":
-            return "none (softmax over the full catalogue)"
-        if kind == "bce":
-            return "1 uniform negative per target (SASRec original)"
-        n_sample, alpha, logq = self.negative_sampling()
-        in_batch = " + the batch's other targets" if self.cfg.model.name == "gru4rec" else ""
-        return f"{n_sample} shared negatives ~ popularity^{alpha}{in_batch}, logQ={logq}"
+        return self.item_objective.describe_negatives()
 
     def _sampling_probs(self, alpha: float) -> Tensor:
         """P(i) ∝ count_i ** alpha over training-target counts (uniform if none known)."""
@@ -217,21 +200,22 @@ class IntentRecModule(pl.LightningModule):
     ) -> Tensor:
         """Softmax over each row's target, the batch's other targets and shared samples.
 
-        GRU4Rec (official sampled cross-entropy, see ``intentrec.models.gru4rec``): columns
+        With in-batch negatives (GRU4Rec's official sampled cross-entropy, see
+        ``intentrec.models.gru4rec``): columns
         are ``[y_1..y_N, s_1..s_K]`` with ``s ~ count ** alpha`` drawn once per step,
         duplicates and accidental hits kept, logQ ``-logq * log q(column)`` with raw counts
         for the in-batch targets and ``count ** alpha`` for the samples.
-        Other models (``loss.item_loss=sampled``): columns ``[y_n, s_1..s_K]`` per row with
+        Without (``loss.item_loss=sampled`` for the other models): columns ``[y_n, s_1..s_K]`` per row with
         ``K = loss.num_negatives`` shared samples ~ count ** 0.75 and full logQ: in-batch
         targets are left out because a window batch holds batch x seq_len of them, which
         at scale is as many columns as the catalogue. Rows are processed in chunks so
         memory stays O(chunk x columns).
         """
-        model_cfg = self.cfg.model
-        n_sample, alpha, logq = self.negative_sampling()
+        objective = self.item_objective
+        n_sample, alpha, logq = objective.n_sample, objective.alpha, objective.logq
         probs = self._sampling_probs(alpha)
         samples = torch.multinomial(probs.float(), n_sample, replacement=True)  # [K]
-        if model_cfg.name != "gru4rec":
+        if not objective.in_batch:
             return self._shared_negatives_softmax(hidden, weight, bias, targets, samples, probs)
         columns = torch.cat([targets, samples.to(targets.device)])  # [N + K]
         col_weight = weight[columns]  # [N + K, d]

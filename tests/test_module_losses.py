@@ -11,6 +11,7 @@ from torch import nn
 from intentrec import batch as B
 from intentrec.config import load
 from intentrec.data.schema import DataSchema, IntentSpec
+from intentrec.models.item_loss import ItemLoss
 from intentrec.models.output import ModelOutput
 from intentrec.module import IntentRecModule
 
@@ -144,7 +145,7 @@ def test_padding_and_non_target_positions_do_not_change_the_loss(setup) -> None:
 
 def test_sasrec_bce_loss_uses_one_negative_per_target(setup) -> None:
     module, hidden, _, batch = setup
-    module.cfg.model.sasrec_loss = "bce"
+    module.item_objective = ItemLoss("bce")  # what SASRec declares for model.sasrec_loss=bce
     torch.manual_seed(3)
     targets = batch[B.TARGET_ITEM][batch[B.TARGET_MASK]]
     flat_hidden = hidden[batch[B.TARGET_MASK]]

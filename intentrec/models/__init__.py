@@ -1,7 +1,8 @@
 """Models: plain ``nn.Module``s sharing one interface.
 
 Every model has ``forward(batch) -> ModelOutput``, ``output_weights() -> (W, b | None)``
-(item scores = ``hidden @ W.T + b``, row 0 = padding), ``intent_names`` and ``name``.
+(item scores = ``hidden @ W.T + b``, row 0 = padding), ``item_loss(loss_cfg) -> ItemLoss``
+(the objective the module computes for it), ``intent_names`` and ``name``.
 :func:`build_model` picks one from ``model.name``; :func:`resolve_variant` turns
 ``model.variant`` (V0..V3) into IntentRec's switches.
 """
@@ -17,12 +18,14 @@ from intentrec.config import MODELS
 from intentrec.data.schema import DataSchema
 from intentrec.models.gru4rec import GRU4Rec
 from intentrec.models.intentrec import IntentRec
+from intentrec.models.item_loss import ItemLoss
 from intentrec.models.output import ModelOutput
 from intentrec.models.sasrec import SASRec
 
 __all__ = [
     "GRU4Rec",
     "IntentRec",
+    "ItemLoss",
     "ModelOutput",
     "SASRec",
     "VARIANTS",

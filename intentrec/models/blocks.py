@@ -153,6 +153,7 @@ class MultiHeadAttention(nn.Module):
         if d_model % n_heads:
             raise ValueError(f"config key 'model.n_heads': {n_heads} does not divide {d_model}")
         self.n_heads = n_heads
+        self.d_model = d_model
         self.dropout = dropout
         if separate_queries:
             self.q = nn.Linear(d_model, d_model)
@@ -292,17 +293,3 @@ class TimeEncoding(nn.Module):
             + self.hour(hour)  # [B, L, d]
             + self.weekday(weekday)  # [B, L, d]
         )
-
-
-# ---------------------------------------------------------------------------------------
-# FLOPs
-# ---------------------------------------------------------------------------------------
-def linear_flops(module: nn.Module) -> int:
-    """Forward FLOPs per position of every nn.Linear in ``module`` (2 x weights), each run once."""
-    return sum(2 * m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
-
-
-def attention_flops(n_layers: int, d_model: int, seq_len: int) -> int:
-    """Forward FLOPs per query position of QK^T and AV over ``seq_len`` keys (no causal discount,
-    as nanoGPT's estimate)."""
-    return n_layers * 4 * seq_len * d_model

@@ -30,7 +30,7 @@ What we follow
   sampled columns). ``linear`` is the official cross-entropy setting. (The official PyTorch
   code dropped ``final_act`` and ties it to the loss; we keep the original Theano option.)
 
-Losses (computed by the module; this class exposes ``loss_name``, ``n_sample``,
+Losses (computed by the module; :meth:`GRU4Rec.item_loss` declares ``loss_name``, ``n_sample``,
 ``sample_alpha``, ``logq``)
 ----------------------------------------------------------------------------------------
 * ``loss_name == "ce"``: softmax cross-entropy over the whole catalogue (row 0 masked).
@@ -88,6 +88,7 @@ Where we deviate, and what it costs
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +98,7 @@ from intentrec import batch as B
 from intentrec.config import ModelConfig
 from intentrec.data.schema import DataSchema
 from intentrec.models.blocks import Dropout, left_padding_lengths
+from intentrec.models.item_loss import ItemLoss
 from intentrec.models.output import ModelOutput
 
 
@@ -285,11 +287,15 @@ class GRU4Rec(nn.Module):
             return F.elu(scores, alpha=self.final_act_param)
         return F.leaky_relu(scores, negative_slope=self.final_act_param)
 
-    def estimate_flops_per_position(self, seq_len: int | None = None) -> int:
-        """Approximate forward FLOPs per position: GRU matmuls + full-catalogue scoring."""
-        d = self.d_model
-        flops = 0
-        for i, layer in enumerate(self.layers):
-            fan_in = 0 if isinstance(layer, OneHotGRULayer) else (self.input_size if i == 0 else d)
-            flops += 2 * 3 * d * (fan_in + d)
-        return flops + 2 * d * self.num_items
+    def item_loss(self, loss_cfg: Any) -> ItemLoss:
+        """``sampled``: the official loss (in-batch targets + shared samples, see the module
+        docstring); ``ce``: the run's ``loss.*`` choice (full softmax by default)."""
+        if self.loss_name == "sampled":
+            return ItemLoss(
+                "sampled",
+                n_sample=self.n_sample,
+                alpha=self.sample_alpha,
+                logq=self.logq,
+                in_batch=True,
+            )
+        return ItemLoss.from_config(loss_cfg)

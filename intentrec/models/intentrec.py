@@ -50,6 +50,8 @@ before they are concatenated with ``F_k`` (see ``_block``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -62,11 +64,10 @@ from intentrec.models.blocks import (
     TimeEncoding,
     TransformerEncoder,
     additive_mask,
-    attention_flops,
     attention_mask,
-    linear_flops,
 )
 from intentrec.models.features import FeatureEmbedding
+from intentrec.models.item_loss import ItemLoss
 from intentrec.models.output import ModelOutput
 
 
@@ -269,14 +270,6 @@ class IntentRec(nn.Module):
             return self.item_head.weight, self.item_head.bias
         return self.features.item_embedding.weight, self.item_bias
 
-    def estimate_flops_per_position(self, seq_len: int | None = None) -> int:
-        """Approximate forward FLOPs per position: every Linear once, attention over
-        ``seq_len`` keys in every encoder, and full-catalogue scoring."""
-        seq_len = seq_len or self.max_len
-        flops = linear_flops(self)
-        for encoder in (self.short_term, self.intent_encoder, self.item_encoder):
-            if encoder is not None:
-                flops += attention_flops(encoder.n_layers, self.d_model, seq_len)
-        if self.tie_item_embeddings:
-            flops += 2 * self.features.item_embedding.embedding_dim * self.num_items
-        return flops
+    def item_loss(self, loss_cfg: Any) -> ItemLoss:
+        """The run's ``loss.*`` choice: full softmax (default) or logQ-sampled softmax."""
+        return ItemLoss.from_config(loss_cfg)

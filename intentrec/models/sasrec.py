@@ -15,7 +15,7 @@ Faithful to the authors' TensorFlow code (github.com/kang205/SASRec):
   LayerNorm eps 1e-8 as in the original; a final LayerNorm;
 * uses the item sequence only (no timestamps, no side features).
 
-Losses are the module's job; ``loss_name`` ("ce" | "bce") tells it which one:
+Losses are the module's job; :meth:`SASRec.item_loss` declares which one (``model.sasrec_loss``):
 
 * ``ce`` (default, "Turning Dross Into Gold Loss", RecSys 2023): softmax cross-entropy over
   the full catalogue, scores ``hidden @ W.T``;
@@ -32,6 +32,7 @@ dropout 0.2 (ML-1M) / 0.5 (sparse data).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -44,10 +45,9 @@ from intentrec.models.blocks import (
     MultiHeadAttention,
     PointwiseFeedForward,
     additive_mask,
-    attention_flops,
     attention_mask,
-    linear_flops,
 )
+from intentrec.models.item_loss import ItemLoss
 from intentrec.models.output import ModelOutput
 
 LN_EPS = 1e-8  # the original's `normalize(epsilon=1e-8)`
@@ -85,7 +85,7 @@ class SASRec(nn.Module):
             raise ValueError(
                 f"config key 'model.sasrec_loss': {cfg.sasrec_loss!r} is not one of ['ce', 'bce']"
             )
-        self.loss_name: str = cfg.sasrec_loss
+        self.loss_name: str = cfg.sasrec_loss  # ce | bce
         self.max_len = max_len
         self.d_model = cfg.d_model
         self.num_items = schema.num_items
@@ -137,11 +137,6 @@ class SASRec(nn.Module):
         """(item embedding table [num_items, d], None): SASRec scores with the shared table."""
         return self.item_embedding.weight, None
 
-    def estimate_flops_per_position(self, seq_len: int | None = None) -> int:
-        """Approximate forward FLOPs per position: matmuls + attention + full-catalogue scoring."""
-        seq_len = seq_len or self.max_len
-        return (
-            linear_flops(self)
-            + attention_flops(self.n_layers, self.d_model, seq_len)
-            + 2 * self.d_model * self.num_items
-        )
+    def item_loss(self, loss_cfg: Any) -> ItemLoss:
+        """``bce``: the original's one uniform negative; ``ce``: the run's ``loss.*`` choice."""
+        return ItemLoss("bce") if self.loss_name == "bce" else ItemLoss.from_config(loss_cfg)

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from intentrec import batch as B
-from intentrec.models import build_model
+from intentrec.config import LossConfig
+from intentrec.models import ItemLoss, build_model
 from intentrec.models.gru4rec import OneHotGRULayer, gru_recurrence
 from tests.models.conftest import NUM_ITEMS, SEQ_LEN, small_config, tiny_schema
 
@@ -95,11 +96,8 @@ def test_loss_attributes_and_official_init() -> None:
     model = build(
         gru_loss="sampled", gru_n_sample=64, gru_sample_alpha=0.5, gru_logq=1.0, n_layers=1
     )
-    assert (model.loss_name, model.n_sample, model.sample_alpha, model.logq) == (
-        "sampled",
-        64,
-        0.5,
-        1.0,
+    assert model.item_loss(LossConfig()) == ItemLoss(
+        "sampled", n_sample=64, alpha=0.5, logq=1.0, in_batch=True
     )
     weight, bias = model.output_weights()
     assert weight.abs().max() <= math.sqrt(6 / (NUM_ITEMS + 16)) and torch.equal(

@@ -10,6 +10,7 @@ from torch import Tensor
 from intentrec import batch as B
 from intentrec.config import ModelConfig
 from intentrec.models import build_model, resolve_variant
+from intentrec.models.flops import forward_flops_per_position
 from intentrec.models.output import ModelOutput
 from tests.models.conftest import NUM_ITEMS, SEQ_LEN, make_batch, small_config, tiny_schema
 
@@ -234,12 +235,13 @@ def test_estimate_flops_per_position() -> None:
     # per layer: Q, K, V (3 d^2) + FFN (2 d^2) weights, 2 FLOPs each, attention 4 L d;
     # plus scoring 2 d N.
     expected = layers * (2 * 5 * d * d + 4 * SEQ_LEN * d) + 2 * d * NUM_ITEMS
-    assert sasrec.estimate_flops_per_position() == expected
+    assert forward_flops_per_position(sasrec, SEQ_LEN) == expected
     flops = {
-        v: build(f"intentrec-{v}").estimate_flops_per_position() for v in ("V0", "V1", "V2", "V3")
+        v: forward_flops_per_position(build(f"intentrec-{v}"), SEQ_LEN)
+        for v in ("V0", "V1", "V2", "V3")
     }
     assert 0 < flops["V0"] < flops["V1"] < flops["V2"] < flops["V3"]
     assert (
-        build("gru4rec").estimate_flops_per_position()
+        forward_flops_per_position(build("gru4rec"), SEQ_LEN)
         == layers * 2 * 3 * d * 2 * d + 2 * d * NUM_ITEMS
     )

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from intentrec import batch as B
-from intentrec.models import build_model
+from intentrec.config import LossConfig
+from intentrec.models import ItemLoss, build_model
 from tests.models.conftest import SEQ_LEN, small_config, tiny_schema
 
 
@@ -23,7 +24,7 @@ def test_scores_with_the_shared_item_table() -> None:
     weight, bias = model.output_weights()
     assert weight is model.item_embedding.weight and bias is None
     assert torch.equal(weight[0], torch.zeros(16))  # padding row, as the original's zero_pad
-    assert model.loss_name == "bce" and model.intent_names == []
+    assert model.item_loss(LossConfig()) == ItemLoss("bce") and model.intent_names == []
     with pytest.raises(ValueError, match="model.sasrec_loss"):
         build(sasrec_loss="bpr")
 

@@ -1,0 +1,51 @@
+"""What item loss a model trains with: each model declares it, the LightningModule computes it.
+
+The module never branches on model names: it asks ``model.item_loss(loss_cfg)`` for an
+:class:`ItemLoss` and implements the three kinds once (``intentrec.module``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+ItemLossKind = Literal["full", "sampled", "bce"]
+
+
+@dataclass(frozen=True)
+class ItemLoss:
+    """The item objective of a model.
+
+    kind: ``full`` softmax over the catalogue | ``sampled`` softmax over shared popularity
+        samples | ``bce`` one uniform negative per target (SASRec's original).
+    n_sample, alpha, logq: ``sampled`` only: samples per step, drawn ~ count ** alpha, with
+        logQ correction of strength ``logq``.
+    in_batch: ``sampled`` only: the batch's other targets are negatives too (GRU4Rec's
+        official loss); otherwise each row sees its target and the shared samples only.
+    """
+
+    kind: ItemLossKind = "full"
+    n_sample: int = 0
+    alpha: float = 0.75
+    logq: float = 1.0
+    in_batch: bool = False
+
+    @classmethod
+    def from_config(cls, loss_cfg: Any) -> ItemLoss:
+        """The run-level choice (``loss.item_loss``, ``loss.num_negatives``) for models
+        without an objective of their own: logQ-corrected samples ~ count ** 0.75."""
+        if loss_cfg.item_loss == "sampled":
+            return cls("sampled", n_sample=int(loss_cfg.num_negatives), alpha=0.75, logq=1.0)
+        return cls("full")
+
+    def describe_negatives(self) -> str:
+        """The negatives in words, for a run's protocol record."""
+        if self.kind == "full":
+            return "none (softmax over the full catalogue)"
+        if self.kind == "bce":
+            return "1 uniform negative per target (SASRec original)"
+        in_batch = " + the batch's other targets" if self.in_batch else ""
+        return (
+            f"{self.n_sample} shared negatives ~ popularity^{self.alpha}{in_batch}, "
+            f"logQ={self.logq}"
+        )
