@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from intentrec import batch as B
-from intentrec.config import base_config, merge
+from intentrec.config import saved_config
 from intentrec.data.schema import DataSchema, IntentSpec
 from intentrec.metrics import (
     MultiLabelIntentMetrics,
@@ -55,11 +55,9 @@ class IntentRecModule(pl.LightningModule):
         # save_hyperparameters compares every __init__ argument with the saved dict; an
         # array argument makes that comparison ambiguous, so it is kept out of the frame.
         item_counts = None
-        # Onto the schema's defaults: a checkpoint written before a config key existed lacks
-        # it, and new keys default to the old behaviour, so old runs stay loadable.
-        cfg_dict = OmegaConf.to_container(
-            merge(base_config(), cfg, source="checkpoint config"), resolve=True
-        )
+        # Onto the schema: a checkpoint written before a config key existed lacks it, and
+        # saved_config gives such keys the value the old run ran with, so it stays loadable.
+        cfg_dict = OmegaConf.to_container(saved_config(cfg), resolve=True)
         schema_dict = asdict(schema) if isinstance(schema, DataSchema) else schema
         # Both are plain dicts so the checkpoint alone rebuilds the module (`evaluate`).
         self.save_hyperparameters({"cfg": cfg_dict, "schema": schema_dict})

@@ -55,7 +55,7 @@ def tiny_overrides(out_dir: Path, cache_dir: Path, *extra: str) -> list[str]:
 
 
 def tiny_config(out_dir: Path, cache_dir: Path, *extra: str) -> DictConfig:
-    """The RunConfig of a tiny run (schema <- defaults.yaml <- tiny overrides <- ``extra``)."""
+    """The RunConfig of a tiny run (schema defaults <- tiny overrides <- ``extra``)."""
     from intentrec.config import load
 
     return load(overrides=tiny_overrides(out_dir, cache_dir, "experiment=tiny", *extra))

@@ -9,7 +9,7 @@ import pytest
 from intentrec.config import EXPERIMENTS_DIR, MODELS, ConfigError, load, validate
 from intentrec.experiments import load_experiment
 
-EXPERIMENT_FILES = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml") if p.stem != "defaults")
+EXPERIMENT_FILES = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -105,7 +105,7 @@ def test_unknown_experiment_lists_the_available_ones(tmp_path: Path) -> None:
         load_experiment(tmp_path / "missing.yaml", [])
 
 
-def test_defaults_yaml_is_valid_and_sized_for_cpu() -> None:
+def test_schema_defaults_are_valid_and_sized_for_cpu() -> None:
     cfg = load()
     assert cfg.data.name == "synthetic" and cfg.data.split == "temporal"
     assert (
@@ -117,6 +117,7 @@ def test_defaults_yaml_is_valid_and_sized_for_cpu() -> None:
         "intentrec", "V3", 64, 2, 2,
     )  # fmt: skip
     assert (cfg.trainer.max_epochs, cfg.trainer.patience) == (20, 3)
+    assert (cfg.data.batch_size, cfg.optim.lr, cfg.model.unit_norm_blocks) == (64, 2e-3, True)
     assert (cfg.logging.wandb, cfg.logging.wandb_mode) == (True, "offline")
 
 

@@ -110,7 +110,7 @@ def test_variants_times_seeds_expand_seed_major(tmp_path: Path) -> None:
     by_variant = {r.variant: r.cfg for r in exp.runs}
     assert by_variant["base"].model.name == "sasrec"
     assert (by_variant["better"].model.variant, by_variant["better"].model.d_model) == ("V2", 32)
-    assert by_variant["base"].model.d_model == 64  # defaults.yaml
+    assert by_variant["base"].model.d_model == 64  # the schema default
     assert run_dir(exp.runs[1].cfg) == tmp_path / "runs" / "toy" / "better" / "seed0"
 
 

@@ -20,6 +20,7 @@ from intentrec import cli
 from intentrec.config import EXPERIMENTS_DIR, ConfigError
 from intentrec.data.recipes.synthetic import INTENTS
 from intentrec.experiments import DATASET_INTENTS, load_experiment
+from intentrec.module import IntentRecModule
 from intentrec.train import evaluate_checkpoint, run_dir, train_run
 from tests.conftest import (
     TINY_DATA,
@@ -32,7 +33,7 @@ from tests.conftest import (
     tiny_overrides,
 )
 
-EXPERIMENT_FILES = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml") if p.stem != "defaults")
+EXPERIMENT_FILES = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
 SYNTHETIC_INTENTS = DATASET_INTENTS["synthetic"]
 SYNTHETIC_PLANTED_INTENTS = INTENTS
 INTENT_STATS = {"single": ("accuracy", "macro_f1"), "multi": ("top1_in_set", "micro_f1")}
@@ -183,6 +184,20 @@ def test_checkpoint_from_before_a_config_key_existed_still_evaluates(
     old = tmp_path / "old.ckpt"
     torch.save(ckpt, old)
     assert_metrics_close(evaluate_checkpoint(old), stage_metrics(trained_run.metrics, "test"))
+
+
+def test_checkpoint_from_before_unit_norm_blocks_keeps_raw_blocks(
+    trained_run: TrainedRun, tmp_path: Path
+) -> None:
+    # The default turned on after runs were saved without the key: those ran with raw blocks.
+    ckpt = torch.load(trained_run.best_ckpt, map_location="cpu", weights_only=False)
+    assert ckpt["hyper_parameters"]["cfg"]["model"]["unit_norm_blocks"] is True  # a new run
+    del ckpt["hyper_parameters"]["cfg"]["model"]["unit_norm_blocks"]
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    module = IntentRecModule.load_from_checkpoint(str(old), map_location="cpu")
+    assert module.cfg.model.unit_norm_blocks is False
+    assert module.model.unit_norm_blocks is False
 
 
 def test_metrics_do_not_depend_on_eval_batch_size(trained_run: TrainedRun) -> None:

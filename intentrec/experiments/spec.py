@@ -2,7 +2,7 @@
 
 An experiment file (``experiments/<name>.yaml``) holds run-level keys (any key of
 :class:`~intentrec.config.RunConfig`, applied to every run, on top of
-``experiments/defaults.yaml``) plus the experiment keys:
+the schema's defaults, ``intentrec/config.py``) plus the experiment keys:
 
 ``description``  one line for the summary: what the experiment is for (the data, epochs
                  and seeds are written from the resolved config, so overrides stay true);
@@ -15,7 +15,7 @@ An experiment file (``experiments/<name>.yaml``) holds run-level keys (any key o
 ``baseline``     the variant the others are compared with, default the first;
 ``metrics``      key metrics for the summary, the first one is the main metric.
 
-Merge order for one run: schema <- defaults.yaml <- the file's run keys <- the variant
+Merge order for one run: schema defaults <- the file's run keys <- the variant
 (<- its grid values) <- command-line overrides. Then ``experiment``/``variant``/``seed``
 are set from the experiment. ``seed`` seeds the model (init, dropout, batch order) only:
 ``data.seed`` stays as configured, so every seed trains on the same synthetic data and the
@@ -124,7 +124,7 @@ class Experiment:
 # Loading
 # ---------------------------------------------------------------------------------------
 def available_experiments() -> list[str]:
-    return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml") if p.stem != "defaults")
+    return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
 
 
 def resolve_experiment_path(name_or_path: str | Path) -> Path:
@@ -135,7 +135,7 @@ def resolve_experiment_path(name_or_path: str | Path) -> Path:
             return candidate
         raise ConfigError(f"experiment file not found: {candidate}")
     path = EXPERIMENTS_DIR / f"{name_or_path}.yaml"
-    if name_or_path == "defaults" or not path.is_file():
+    if not path.is_file():
         raise ConfigError(
             f"unknown experiment '{name_or_path}': no {_display(path)} "
             f"(available: {', '.join(available_experiments())})"

@@ -164,7 +164,7 @@ def test_item_loss_trains_the_intent_predictor_end_to_end(batch) -> None:
 
 
 def test_unit_norm_blocks_rescale_s_and_z_only(batch) -> None:
-    raw = build(variant="V3").eval()
+    raw = build(variant="V3", unit_norm_blocks=False).eval()
     scaled = build(variant="V3", unit_norm_blocks=True).eval()  # same seed: same weights
     _, raw_parts = raw.forward_internals(batch)
     _, parts = scaled.forward_internals(batch)
