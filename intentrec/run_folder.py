@@ -10,7 +10,11 @@ import json
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from intentrec.config import to_flat_dict
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +23,21 @@ CONFIG_FILE = "config.yaml"
 PROTOCOL_FILE = "protocol.json"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
+
+# Keys that may differ between a finished run and a rerun without changing its numbers.
+RESULT_NEUTRAL_KEYS = (
+    "logging.",
+    "out_dir",
+    "trainer.progress_bar",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.strategy",
+    "trainer.num_nodes",
+    "data.num_workers",
+    "data.cache_dir",
+    "data.eval_batch_size",
+    "eval.chunk_size",
+)
 
 
 def run_dir(cfg: DictConfig) -> Path:
@@ -44,3 +63,22 @@ def finished_metrics(cfg: DictConfig) -> dict[str, float] | None:
 
 def is_finished(cfg: DictConfig) -> bool:
     return finished_metrics(cfg) is not None
+
+
+def config_changes(cfg: DictConfig) -> list[str]:
+    """Keys whose value differs from the finished run's saved config (results-relevant only)."""
+    saved_path = run_dir(cfg) / CONFIG_FILE
+    if not saved_path.is_file():
+        return []
+    try:
+        saved = to_flat_dict(OmegaConf.load(saved_path))
+    except (OmegaConfBaseException, yaml.YAMLError, OSError):
+        return []
+    current = to_flat_dict(cfg)
+    changes = []
+    for key, value in current.items():
+        if key.startswith(RESULT_NEUTRAL_KEYS) or key not in saved:
+            continue  # a key added to the schema later cannot have differed
+        if saved[key] != value:
+            changes.append(f"{key}: {saved[key]!r} -> {value!r}")
+    return changes

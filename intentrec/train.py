@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import platform
-import time
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +30,22 @@ from pytorch_lightning.callbacks import (
     RichProgressBar,
 )
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
 
+from intentrec.callbacks import ResumeState
 from intentrec.config import to_flat_dict
 from intentrec.datamodule import IntentRecDataModule
 from intentrec.metrics import RankingMetrics
 from intentrec.module import STAGES, IntentRecModule
-from intentrec.run_folder import METRICS_FILE, run_dir
+from intentrec.run_folder import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    LAST_CHECKPOINT,
+    METRICS_FILE,
+    config_changes,
+    finished_metrics,
+    run_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +152,54 @@ def _to_float(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
-def train_run(cfg: DictConfig) -> dict[str, float]:
-    """Train one configuration, evaluate its best checkpoint on val and test, record it."""
+def resumable_checkpoint(cfg: DictConfig) -> Path | None:
+    """``last.ckpt`` of an interrupted attempt at this run, when it can be continued.
+
+    None when the run finished (``metrics.json``), has no ``last.ckpt``, or its saved config
+    differs from ``cfg`` in a key that changes results (then the run starts over).
+    """
     out = run_dir(cfg)
+    last = out / CHECKPOINT_DIR / LAST_CHECKPOINT
+    if finished_metrics(cfg) is not None or not last.is_file():
+        return None
+    changes = config_changes(cfg)
+    if changes or not (out / CONFIG_FILE).is_file():
+        log.warning(
+            "%s: not resuming from %s: its config differs (%s); training from scratch",
+            out,
+            LAST_CHECKPOINT,
+            "; ".join(changes[:3]) or f"no {CONFIG_FILE}",
+        )
+        return None
+    return last
+
+
+@rank_zero_only
+def _discard_partial_wandb_runs(out: Path) -> None:
+    """Remove a killed attempt's offline wandb runs, so ``wandb sync`` cannot upload a
+    partial duplicate next to the resumed run (its curves stay in ``logs/metrics.csv``)."""
+    partial = sorted((out / "wandb").glob("offline-run-*"))
+    for folder in partial:
+        shutil.rmtree(folder, ignore_errors=True)
+    if partial:
+        log.info(
+            "%s: removed %d partial wandb offline run(s) of the killed attempt", out, len(partial)
+        )
+
+
+def train_run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, float]:
+    """Train one configuration, evaluate its best checkpoint on val and test, record it.
+
+    An interrupted attempt at the same run (same folder, same results-relevant config)
+    resumes from its ``last.ckpt``: weights, optimiser, schedule, early stopping, RNG and
+    training time continue, so the final metrics equal an uninterrupted run's.
+    ``extra_callbacks`` are added to the trainer's (e.g. a tuner's pruning callback).
+    """
+    out = run_dir(cfg)
+    resume_from = resumable_checkpoint(cfg)
+    if resume_from is not None:
+        log.info("%s: resuming the interrupted run from %s", out, resume_from)
+        _discard_partial_wandb_runs(out)
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -156,16 +211,19 @@ def train_run(cfg: DictConfig) -> dict[str, float]:
 
     monitor = cfg.trainer.monitor
     checkpoint = ModelCheckpoint(
-        dirpath=str(out / "checkpoints"),
+        dirpath=str(out / CHECKPOINT_DIR),
         filename="best",
         monitor=monitor,
         mode="max",
         save_last=True,
         enable_version_counter=False,
     )
+    resume_state = ResumeState()
     callbacks: list = [
         checkpoint,
         EarlyStopping(monitor=monitor, mode="max", patience=cfg.trainer.patience),
+        resume_state,
+        *(extra_callbacks or []),
     ]
     if cfg.trainer.progress_bar:
         callbacks.append(RichProgressBar(leave=False))
@@ -175,10 +233,15 @@ def train_run(cfg: DictConfig) -> dict[str, float]:
     trainer = build_trainer(cfg, out, loggers, callbacks)
 
     if trainer.is_global_zero:
-        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
-    started = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
-    train_s = time.perf_counter() - started
+        OmegaConf.save(cfg, out / CONFIG_FILE, resolve=True)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
+    except BaseException:
+        # Close the wandb run as failed: a live run would be picked up by the next
+        # WandbLogger in this process (a rerun would then log into the failed attempt).
+        _finish_wandb(loggers, exit_code=1)
+        raise
+    train_s = resume_state.train_seconds
 
     ckpt = checkpoint.best_model_path or None
     if cfg.trainer.fast_dev_run:
@@ -200,10 +263,15 @@ def train_run(cfg: DictConfig) -> dict[str, float]:
                 lg.experiment.summary.update(metrics)
         # Written last: its presence marks the run finished (experiments skip it on resume).
         (out / METRICS_FILE).write_text(json.dumps(dict(sorted(metrics.items())), indent=2))
-    for lg in loggers:
-        if isinstance(lg, WandbLogger):
-            lg.experiment.finish()
+    _finish_wandb(loggers, exit_code=0)
     return metrics
+
+
+def _finish_wandb(loggers: list[Logger], exit_code: int) -> None:
+    for lg in loggers:
+        # Only runs that started: reading ``lg.experiment`` would start one.
+        if isinstance(lg, WandbLogger) and lg._experiment is not None:
+            lg._experiment.finish(exit_code=exit_code)
 
 
 def _best_epoch(checkpoint: ModelCheckpoint) -> int:

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import yaml
 
@@ -241,6 +242,58 @@ def test_same_seed_same_metrics_other_seed_other_metrics(trained_run: TrainedRun
     second = result_metrics(read_metrics(run_dir(other)))
     assert second.keys() == first.keys()
     assert second != first
+
+
+class Killed(RuntimeError):
+    """Stands in for a SIGKILL / out-of-memory / preemption in the middle of training."""
+
+
+class KillAtEpoch(pl.Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise Killed(f"killed at the start of epoch {self.epoch}")
+
+
+def test_killed_run_resumes_from_last_ckpt_with_the_uninterrupted_metrics(
+    tiny_cfg, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # no network, ever
+    three = ("variant=V3", "trainer.max_epochs=3")
+    straight = train_run(tiny_cfg(*three, "experiment=straight"))
+
+    cfg = tiny_cfg(*three, "experiment=killed", "logging.wandb=true", "logging.wandb_mode=offline")
+    with pytest.raises(Killed):
+        train_run(cfg, extra_callbacks=[KillAtEpoch(2)])
+    out = run_dir(cfg)
+    assert (out / "checkpoints" / "last.ckpt").is_file() and not (out / "metrics.json").exists()
+    (partial,) = (out / "wandb").glob("offline-run-*")
+
+    with caplog.at_level("INFO", logger="intentrec.train"):
+        resumed = train_run(cfg)
+    assert "resuming the interrupted run" in caplog.text
+    assert result_metrics(resumed) == result_metrics(straight)  # bit-identical on CPU
+    assert resumed["epochs"] == 3 and resumed["time/train_s"] > 0
+    # The killed attempt's partial wandb run is gone; only the resumed one is left to sync.
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and runs[0] != partial
+
+
+def test_rerun_with_a_changed_config_starts_over(
+    tiny_cfg, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = tiny_cfg("variant=V0", "trainer.max_epochs=2", "experiment=changed")
+    with pytest.raises(Killed):
+        train_run(cfg, extra_callbacks=[KillAtEpoch(1)])
+    changed = tiny_cfg("variant=V0", "trainer.max_epochs=2", "experiment=changed", "optim.lr=0.01")
+    with caplog.at_level("WARNING", logger="intentrec.train"):
+        metrics = train_run(changed)
+    assert "not resuming" in caplog.text and "optim.lr" in caplog.text
+    assert metrics["epochs"] == 2
 
 
 # ---------------------------------------------------------------------------------------

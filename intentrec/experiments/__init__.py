@@ -5,7 +5,7 @@ See :mod:`intentrec.experiments.spec` for the experiment file format.
 """
 
 from intentrec.experiments.report import summarize
-from intentrec.experiments.runner import config_changes, run_experiment
+from intentrec.experiments.runner import run_experiment
 from intentrec.experiments.spec import (
     DATASET_INTENTS,
     DEFAULT_METRICS,
@@ -26,7 +26,6 @@ __all__ = [
     "available_experiments",
     "collect_results",
     "compute_summary",
-    "config_changes",
     "intent_head_problem",
     "load_experiment",
     "run_experiment",

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from intentrec.experiments.spec import IGNORED_FOR_RESUME, Experiment
+from intentrec.experiments.spec import Experiment
 from intentrec.experiments.summary import (
     EXTRA_COLUMNS,
     INTENT_METRIC,
@@ -19,6 +19,7 @@ from intentrec.experiments.summary import (
     compute_summary,
     intent_metric_names,
 )
+from intentrec.run_folder import RESULT_NEUTRAL_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def _data_line(exp: Experiment) -> str:
         f"epochs: ≤ {epochs} (early stopping on {cfg.trainer.monitor}, patience "
         f"{cfg.trainer.patience}) · seeds: {', '.join(map(str, exp.seeds))}"
     )
-    relevant = [o for o in exp.overrides if not o.partition("=")[0].startswith(IGNORED_FOR_RESUME)]
+    relevant = [o for o in exp.overrides if not o.partition("=")[0].startswith(RESULT_NEUTRAL_KEYS)]
     if relevant:
         line += f" · overrides: `{' '.join(relevant)}`"
     return line

@@ -12,14 +12,12 @@ import logging
 import os
 from pathlib import Path
 
-import yaml
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 
-from intentrec.config import ConfigError, to_flat_dict
+from intentrec.config import ConfigError
 from intentrec.experiments.report import summarize
-from intentrec.experiments.spec import IGNORED_FOR_RESUME, Experiment
-from intentrec.run_folder import CONFIG_FILE, METRICS_FILE, finished_metrics, run_dir
+from intentrec.experiments.spec import Experiment
+from intentrec.run_folder import METRICS_FILE, config_changes, finished_metrics, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -29,25 +27,6 @@ def train_run(cfg: DictConfig) -> dict[str, float]:
     from intentrec import train
 
     return train.train_run(cfg)
-
-
-def config_changes(cfg: DictConfig) -> list[str]:
-    """Keys whose value differs from the finished run's saved config (results-relevant only)."""
-    saved_path = run_dir(cfg) / CONFIG_FILE
-    if not saved_path.is_file():
-        return []
-    try:
-        saved = to_flat_dict(OmegaConf.load(saved_path))
-    except (OmegaConfBaseException, yaml.YAMLError, OSError):
-        return []
-    current = to_flat_dict(cfg)
-    changes = []
-    for key, value in current.items():
-        if key.startswith(IGNORED_FOR_RESUME) or key not in saved:
-            continue  # a key added to the schema later cannot have differed
-        if saved[key] != value:
-            changes.append(f"{key}: {saved[key]!r} -> {value!r}")
-    return changes
 
 
 def _is_global_zero() -> bool:

@@ -59,20 +59,6 @@ DATASET_INTENTS: dict[str, tuple[str, ...] | None] = {
 
 # Set per run by the experiment; a file or variant setting them would silently be overridden.
 _IDENTITY_KEYS = ("seed", "experiment", "variant")
-# Keys that may differ between a finished run and a rerun without changing its numbers.
-IGNORED_FOR_RESUME = (
-    "logging.",
-    "out_dir",
-    "trainer.progress_bar",
-    "trainer.accelerator",
-    "trainer.devices",
-    "trainer.strategy",
-    "trainer.num_nodes",
-    "data.num_workers",
-    "data.cache_dir",
-    "data.eval_batch_size",
-    "eval.chunk_size",
-)
 _VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+\-]*$")
 
 
