@@ -60,7 +60,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     exp = load_experiment(args.experiment, list(args.overrides))
     summary = run_experiment(exp, dry_run=args.dry_run)
-    print(f"summary: {summary}")
+    if args.dry_run:
+        print(f"summary: {summary} (dry run: not written)")
+    else:
+        print(f"summary: {summary} (+ summary.csv, summary.png, runs.csv beside it)")
     return 0
 
 

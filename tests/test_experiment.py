@@ -312,3 +312,42 @@ def test_wandb_offline_summary_run_without_network(
 def test_wandb_summary_skipped_when_disabled(tmp_path: Path) -> None:
     exp = ex.load_experiment(write_exp(tmp_path), overrides(tmp_path))
     assert report.log_summary_to_wandb(exp, []) is None
+
+
+def test_summary_header_states_the_resolved_config_not_the_file(
+    tmp_path: Path, fake: FakeTrainer
+) -> None:
+    exp = ex.load_experiment(
+        write_exp(tmp_path),
+        overrides(tmp_path, "trainer.max_epochs=7", "data.split=leave_last_out", "seeds=[1]"),
+    )
+    ex.run_experiment(exp)
+    header = exp.summary_path.read_text().splitlines()[0]
+    assert "epochs: ≤ 7" in header and "leave_last_out split" in header, header
+    assert "seeds: 1" in header and "epochs: ≤ 2" not in header
+
+
+# Settings a description could state that the resolved config may contradict (the header
+# written from the config states them instead).
+CONFIG_FACTS = ("epoch", "seed", "synthetic", "ml-100k", "ml-1m", "movielens", "leave-last-out")
+
+
+@pytest.mark.parametrize("name", ex.available_experiments())
+def test_shipped_descriptions_state_purpose_not_settings(name: str) -> None:
+    description = ex.load_experiment(name).description.lower()
+    assert description, f"{name}: no description"
+    assert not [fact for fact in CONFIG_FACTS if fact in description], description
+
+
+def test_summary_plot_title_fits_the_figure(tmp_path: Path, fake: FakeTrainer) -> None:
+    text = EXPERIMENT_YAML.replace("better:", "a_much_longer_variant_name_than_usual:")
+    exp = ex.load_experiment(
+        write_exp(tmp_path, text, name="an_experiment_with_a_long_name"), overrides(tmp_path)
+    )
+    ex.run_experiment(exp)
+    rows = ex.compute_summary(ex.collect_results(exp), baseline="base", metrics=exp.metrics)
+    fig = report.summary_figure(exp, rows, ex.collect_results(exp))
+    renderer = fig.canvas.get_renderer()
+    title = fig.axes[0].title.get_window_extent(renderer)
+    frame = fig.bbox
+    assert frame.x0 <= title.x0 and title.x1 <= frame.x1 and title.y1 <= frame.y1

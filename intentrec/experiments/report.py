@@ -6,6 +6,7 @@ import csv
 import logging
 import math
 import os
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,18 @@ def plot_summary(
     results: Mapping[str, Mapping[int, Mapping[str, float]]],
     path: Path,
 ) -> Path:
-    """Bar chart of the main metric per variant (± sd, seeds as dots), baseline highlighted."""
+    """Write :func:`summary_figure` to ``path`` (PNG)."""
+    summary_figure(exp, rows, results).savefig(path)
+    return path
+
+
+def summary_figure(
+    exp: Experiment,
+    rows: list[SummaryRow],
+    results: Mapping[str, Mapping[int, Mapping[str, float]]],
+) -> Any:
+    """Bar chart of the main metric per variant (± sd, seeds as dots), baseline highlighted;
+    a matplotlib Figure whose title is wrapped to its width."""
     # Figure + Agg canvas directly: no pyplot, so the caller's matplotlib backend is untouched.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -217,12 +229,11 @@ def plot_summary(
         ha="right" if len(shown) > 4 else "center",
     )
     ax.set_ylabel(main)
-    ax.set_title(
-        f"{exp.name}: {main} (mean ± sd over seeds; orange = baseline {exp.baseline})", fontsize=9
-    )
+    # ~13 characters of 8-point text per inch: wrap so the title never runs off the figure.
+    title = f"{exp.name}: {main}, mean ± sd over seeds; orange = baseline {exp.baseline}"
+    ax.set_title(textwrap.fill(title, width=int(fig.get_figwidth() * 13)), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return fig
 
 
 def log_summary_to_wandb(exp: Experiment, rows: list[SummaryRow]) -> Path | None:
@@ -324,7 +335,6 @@ def summarize(exp: Experiment, console: Any = None) -> Path:
             style="bold" if r.is_baseline else None,
         )
     console.print(table)
-    console.print(f"summary: {path} (+ summary.csv, summary.png, runs.csv in {path.parent})")
     try:
         log_summary_to_wandb(exp, rows)
     except Exception as err:  # the files above are the record; a wandb problem must not lose them
