@@ -103,7 +103,7 @@ def build_loggers(cfg: DictConfig, out: Path) -> list[Logger]:
             WandbLogger(
                 project=cfg.logging.project,
                 entity=cfg.logging.entity,
-                group=cfg.experiment,
+                group=cfg.logging.group or cfg.experiment,
                 name=f"{cfg.variant}-seed{cfg.seed}",
                 tags=list(cfg.logging.tags) + [cfg.experiment, cfg.model.name, cfg.data.name],
                 save_dir=str(out),
@@ -150,8 +150,14 @@ def _to_float(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
-def train_run(cfg: DictConfig) -> dict[str, float]:
-    """Train one configuration, evaluate its best checkpoint on val and test, record it."""
+def train_run(
+    cfg: DictConfig, extra_callbacks: list | None = None, evaluate_test: bool = True
+) -> dict[str, float]:
+    """Train one configuration, evaluate its best checkpoint on val and test, record it.
+
+    ``extra_callbacks`` join the trainer's; ``evaluate_test=False`` skips the test pass
+    (tuning trials: their numbers must come from validation only).
+    """
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -180,6 +186,7 @@ def train_run(cfg: DictConfig) -> dict[str, float]:
     loggers = build_loggers(cfg, out)
     if any(isinstance(lg, WandbLogger) for lg in loggers):
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    callbacks.extend(extra_callbacks or [])
     trainer = build_trainer(cfg, out, loggers, callbacks)
 
     if trainer.is_global_zero:
@@ -195,7 +202,9 @@ def train_run(cfg: DictConfig) -> dict[str, float]:
     metrics.update(
         _to_float(trainer.validate(module, datamodule=dm, ckpt_path=ckpt, verbose=False)[0])
     )
-    metrics.update(_to_float(trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False)[0]))
+    if evaluate_test:
+        test = trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False)[0]
+        metrics.update(_to_float(test))
     metrics["time/train_s"] = train_s
     metrics["epochs"] = float(trainer.current_epoch)
     metrics["best_epoch"] = float(_best_epoch(checkpoint))
