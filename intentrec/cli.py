@@ -68,7 +68,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from intentrec.tune import tune_experiment
 
     path = tune_experiment(args.experiment, list(args.overrides), search_only=args.search_only)
-    print(f"{'tuning report' if args.search_only else 'summary'}: {path}")
+    if not args.search_only:
+        print(f"summary: {path}")
     return 0
 
 

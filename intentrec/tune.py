@@ -172,7 +172,7 @@ def _schema_kind(key: str, schema: DictConfig) -> str | None:
 def _parse_param(key: Any, body: Any, where: str, schema: DictConfig) -> Param:
     if not isinstance(key, str) or not key:
         raise ConfigError(f"{where}: space key {key!r} must be a dotted config key")
-    pwhere = f"{where}: space '{key}'"
+    pwhere = f"{where} '{key}'"
     if key.split(".")[0] in ("seed", "experiment", "variant", "out_dir"):
         raise ConfigError(f"{pwhere}: cannot be tuned (it is set by the experiment)")
     if not isinstance(body, Mapping):
@@ -382,7 +382,10 @@ class PruningCallback(pl.Callback):
         return self.pruned_epoch is not None
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        # Only validation epochs of fit: train_run's re-validation of the best checkpoint
+        # (trainer.validate) calls this hook too.
+        fn = getattr(getattr(trainer, "state", None), "fn", None)
+        if trainer.sanity_checking or not trainer.is_global_zero or fn != "fit":
             return
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
@@ -535,7 +538,6 @@ def search_variant(exp: Experiment, spec: TuneSpec, variant: str, storage: Any =
             trial.set_user_attr("run_dir", str(run_dir(cfg)))
             callback = PruningCallback(trial, monitor)
             metrics = _train_run(cfg, extra_callbacks=[callback], evaluate_test=False)
-            trial.set_user_attr("epochs", float(metrics.get("epochs", len(callback.reported))))
             if callback.pruned:
                 raise optuna.TrialPruned(f"pruned after epoch {callback.pruned_epoch}")
             value = metrics.get(monitor)
@@ -584,9 +586,16 @@ class VariantResult:
     trials: list[Any]  # the finished trials within the budget, in order
 
 
+def _complete(trial: Any) -> bool:
+    # Not `trial.value is not None`: Optuna stores a pruned trial's last report as its value.
+    from optuna.trial import TrialState
+
+    return trial.state == TrialState.COMPLETE
+
+
 def _score(trial: Any) -> float:
     """The objective of a completed trial; the best reported value of a pruned one."""
-    if trial.value is not None:
+    if _complete(trial):
         return float(trial.value)
     values = [v for v in trial.intermediate_values.values() if math.isfinite(v)]
     return max(values) if values else math.nan
@@ -667,7 +676,7 @@ def write_reports(exp: Experiment, spec: TuneSpec, res: Mapping[str, VariantResu
                 reported = [v for v in t.intermediate_values.values() if math.isfinite(v)]
                 writer.writerow(
                     [r.variant, k, t.number, t.state.name.lower()]
-                    + ["" if t.value is None else repr(float(t.value))]
+                    + [repr(float(t.value)) if _complete(t) else ""]
                     + [repr(max(reported)) if reported else ""]
                     + [len(t.intermediate_values)]
                     + [t.params.get(key, "") for key in keys]
@@ -691,15 +700,15 @@ def plot_trials(
         color = f"C{i % 10}"
         xs = list(range(1, len(r.trials) + 1))
         scores = [_score(t) for t in r.trials]
-        done = [(x, s) for x, s, t in zip(xs, scores, r.trials) if t.value is not None]
-        cut = [(x, s) for x, s, t in zip(xs, scores, r.trials) if t.value is None]
+        done = [(x, s) for x, s, t in zip(xs, scores, r.trials) if _complete(t)]
+        cut = [(x, s) for x, s, t in zip(xs, scores, r.trials) if not _complete(t)]
         if done:
             ax.scatter(*zip(*done), color=color, s=16, zorder=3)
         if cut:
             ax.scatter(*zip(*cut), color=color, s=16, marker="x", zorder=3)
         best, running = -math.inf, []
         for s, t in zip(scores, r.trials):
-            if t.value is not None:
+            if _complete(t):
                 best = max(best, s)
             running.append(best if math.isfinite(best) else math.nan)
         ax.step(xs, running, where="post", color=color, linewidth=1, label=r.variant)
@@ -709,7 +718,7 @@ def plot_trials(
         f"{exp.name}: tuning trials (dots completed, x pruned: best reported; line: best so far)",
         fontsize=8,
     )
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path)
     return path

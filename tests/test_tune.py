@@ -67,9 +67,7 @@ class FakeTrain:
             raise KeyboardInterrupt("simulated kill")
         base = 0.3 - abs(torch.log10(torch.tensor(cfg.optim.lr)).item() + 3) * 0.05
         base -= 0.1 * cfg.model.dropout
-        trainer = SimpleNamespace(
-            sanity_checking=False, is_global_zero=True, should_stop=False, callback_metrics={}
-        )
+        trainer = fake_trainer()
         best, epochs = -1.0, 0
         for epoch in range(cfg.trainer.max_epochs):
             value = base + 0.01 * epoch
@@ -83,6 +81,16 @@ class FakeTrain:
         out = run_dir(cfg)
         out.mkdir(parents=True, exist_ok=True)
         return {MONITOR: best, "epochs": float(epochs)}
+
+
+def fake_trainer(fn: str = "fit") -> SimpleNamespace:
+    return SimpleNamespace(
+        sanity_checking=False,
+        is_global_zero=True,
+        should_stop=False,
+        callback_metrics={},
+        state=SimpleNamespace(fn=fn),
+    )
 
 
 def studies_of(tmp_path: Path, variants=("V0", "SASRec")) -> dict[str, optuna.Study]:
@@ -189,7 +197,7 @@ def test_pruning_callback_reports_each_epoch_and_stops():
     study = optuna.create_study(direction="maximize", pruner=AlwaysPrune())
     trial = study.ask()
     cb = tune.PruningCallback(trial, MONITOR)
-    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, should_stop=False)
+    trainer = fake_trainer()
     for epoch, value in enumerate([0.1, 0.2]):
         trainer.current_epoch = epoch
         trainer.callback_metrics = {MONITOR: torch.tensor(value)}
@@ -197,6 +205,10 @@ def test_pruning_callback_reports_each_epoch_and_stops():
         cb.on_validation_end(trainer, None)  # a second validation in the same epoch: ignored
     assert study.trials[0].intermediate_values == pytest.approx({0: 0.1, 1: 0.2})
     assert trainer.should_stop and cb.pruned_epoch == 1
+    validating = fake_trainer("validate")  # train_run's re-validation of the best checkpoint
+    validating.current_epoch, validating.callback_metrics = 5, {MONITOR: torch.tensor(0.9)}
+    cb.on_validation_end(validating, None)
+    assert study.trials[0].intermediate_values == pytest.approx({0: 0.1, 1: 0.2})
     trainer.callback_metrics = {}
     trainer.current_epoch = 2
     with pytest.raises(ConfigError, match="trainer.monitor"):
@@ -284,6 +296,8 @@ def test_median_pruning_stops_trials_early_and_counts_them(tmp_path, monkeypatch
     assert all(len(t.intermediate_values) < 4 for t in pruned)
     row = next(csv.DictReader((best.parent / "best.csv").open()))
     assert int(row["pruned"]) == len(pruned)
+    values = {t["state"]: t["value"] for t in csv.DictReader((best.parent / "trials.csv").open())}
+    assert values["pruned"] == ""  # a pruned trial has no objective, only reports
     assert int(row["completed"]) + int(row["pruned"]) == 8
 
 
@@ -318,7 +332,7 @@ def test_tune_end_to_end(tmp_path, tiny_cache, capsys):
         metrics = json.loads((Path(row["run_dir"]) / "metrics.json").read_text())
         assert not any(k.startswith("test/") for k in metrics), "a trial evaluated on test"
         assert float(row["value"]) == pytest.approx(metrics[MONITOR])
-        assert metrics["epochs"] == 1
+        assert metrics["epochs"] == 1 and row["epochs"] == "1"  # one report per epoch
         assert "/toy-tune/" in row["run_dir"] and "/trial" in row["run_dir"]
     best = {r["variant"]: r for r in csv.DictReader((folder / "best.csv").open())}
     for variant in ("V0", "SASRec"):
