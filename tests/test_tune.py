@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -157,6 +162,7 @@ def test_ablation_intent_has_a_valid_tune_block():
         ("optim.lr: {low: 0.001, high: 0.01}", ["tune.epochs=x"], "tune.epochs"),
         ("optim.lr: {low: 0.001, high: 0.01}", ["tune.pruner=hyperband"], "tune.pruner"),
         ("optim.lr: {low: 0.001, high: 0.01}", ["tune.budget=3"], "unknown key(s) ['budget']"),
+        ("optim.lr: {low: 0.001, high: 0.01}", ["trainer.strategy=ddp"], "trainer.strategy"),
     ],
 )
 def test_bad_tune_blocks_are_one_line_errors(tmp_path, space, overrides, needle):
@@ -332,6 +338,8 @@ def test_tune_end_to_end(tmp_path, tiny_cache, capsys):
         metrics = json.loads((Path(row["run_dir"]) / "metrics.json").read_text())
         assert not any(k.startswith("test/") for k in metrics), "a trial evaluated on test"
         assert float(row["value"]) == pytest.approx(metrics[MONITOR])
+        # The objective is the best validation epoch (the best checkpoint's re-validation).
+        assert float(row["value"]) == pytest.approx(float(row["best_reported"]), abs=1e-6)
         assert metrics["epochs"] == 1 and row["epochs"] == "1"  # one report per epoch
         assert "/toy-tune/" in row["run_dir"] and "/trial" in row["run_dir"]
     best = {r["variant"]: r for r in csv.DictReader((folder / "best.csv").open())}
@@ -343,3 +351,42 @@ def test_tune_end_to_end(tmp_path, tiny_cache, capsys):
         assert cfg.trainer.max_epochs == 2  # the experiment's epochs, not the trial budget
         assert "test/item/ndcg@10" in json.loads((run / "metrics.json").read_text())
     assert (tmp_path / "runs" / "toy-tuned" / "summary.md").is_file()
+
+
+@pytest.mark.slow
+def test_killed_process_resumes_without_redoing_finished_trials(tmp_path, tiny_cache):
+    """kill -9 in the middle of a trial: the lock dies with it; the rerun runs only what is left."""
+    path = write_exp(tmp_path, TUNE_YAML.replace("epochs: 1", "epochs: 3"))
+    args = tiny_overrides(tmp_path / "runs", tiny_cache, "tune.trials=2", "variants=[V0]")
+    db = tmp_path / "runs" / "toy" / "tune" / "study.db"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), *sys.path])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "intentrec.cli", "tune", str(path), *args, "--search-only"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if db.is_file():
+                try:
+                    trials = studies_of(tmp_path, ["V0"])["V0"].trials
+                except Exception:  # the study is not created yet
+                    trials = []
+                if any(t.number == 1 and t.state == TrialState.RUNNING for t in trials):
+                    break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the tune process ended before its second trial"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    study = studies_of(tmp_path, ["V0"])["V0"]
+    assert states(study) == ["COMPLETE", "RUNNING"]
+    first = study.trials[0].params
+
+    tune.tune_experiment(path, args, search_only=True)
+    study = studies_of(tmp_path, ["V0"])["V0"]
+    assert states(study) == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert study.trials[0].params == first  # the finished trial was not redone
+    assert finished(study) == 2
