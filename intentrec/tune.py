@@ -34,8 +34,11 @@ Equal budgets and resume. A variant's budget is its number of *finished* trials,
 plus PRUNED; a killed ``tune`` is resumed by running the same command, which runs only the
 remainder of each budget. A trial that raised (the command stopped with it) is FAIL in the
 study and a trial left RUNNING by a killed process is marked FAIL on the next start: neither
-counts, and the remainder runs them again. One ``tune`` process per experiment at a time (a
-lock file in the tune folder; a second one is refused). The sampler is seeded afresh for each
+counts, and the remainder runs them again, with the same sampled values (so a failure the
+values themselves cause, say a diverging learning rate, recurs: narrow the space). One
+``tune`` process per experiment at a time (an flock in the tune folder, released by the OS
+when a process dies; a second process is refused), which is why a RUNNING trial found at
+start can only be a leftover. The sampler is seeded afresh for each
 trial with ``tune.seed + <finished trials so far>``, so a killed and resumed study samples
 exactly what an uninterrupted one would, and every variant starts from the same random
 configurations. A study holding more finished trials than the budget (an earlier run with
