@@ -1,4 +1,4 @@
-"""``intentrec`` command line: data, train, evaluate, sweep.
+"""``intentrec`` command line: data, train, tune, evaluate, sweep.
 
 Errors a user can fix (bad config key, bad data) are printed as one line and exit 2.
 """
@@ -67,6 +67,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from intentrec.tune import tune_experiment
+
+    path = tune_experiment(args.experiment, list(args.overrides), search_only=args.search_only)
+    if not args.search_only:
+        print(f"summary: {path}")
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from intentrec.train import evaluate_checkpoint
 
@@ -114,6 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--single", action="store_true", help="one run: variant=<name> seed=<k>")
     train.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
     train.set_defaults(func=_cmd_train)
+
+    tune = sub.add_parser(
+        "tune", help="tune every variant (same trial budget, validation), then run the best"
+    )
+    tune.add_argument("experiment", help="experiment with a tune: block (or tune.* overrides)")
+    tune.add_argument("overrides", nargs="*", help="tune.trials=N tune.epochs=E key=value ...")
+    tune.add_argument(
+        "--search-only", action="store_true", help="stop after the search and its report"
+    )
+    tune.set_defaults(func=_cmd_tune)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a checkpoint")
     evaluate.add_argument("checkpoint")

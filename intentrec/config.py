@@ -168,6 +168,7 @@ class LoggingConfig:
     entity: str | None = None
     tags: list[str] = field(default_factory=list)
     csv: bool = True
+    group: str | None = None  # wandb group; None = the experiment name
 
 
 @dataclass
@@ -310,7 +311,7 @@ def load(
 
 
 # Keys of an experiment file that describe the set of runs, not a run.
-EXPERIMENT_KEYS = ("variants", "seeds", "baseline", "description", "metrics", "grid")
+EXPERIMENT_KEYS = ("variants", "seeds", "baseline", "description", "metrics", "grid", "tune")
 
 
 def strip_experiment_keys(raw: DictConfig | ListConfig) -> DictConfig:

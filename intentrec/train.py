@@ -112,7 +112,7 @@ def build_loggers(cfg: DictConfig, out: Path) -> list[Logger]:
         wandb_logger = WandbLogger(
             project=cfg.logging.project,
             entity=cfg.logging.entity,
-            group=cfg.experiment,
+            group=cfg.logging.group or cfg.experiment,
             name=f"{cfg.variant}-seed{cfg.seed}",
             tags=list(cfg.logging.tags) + [cfg.experiment, cfg.model.name, cfg.data.name],
             save_dir=str(out),
@@ -197,13 +197,16 @@ def _discard_partial_wandb_runs(out: Path) -> None:
         )
 
 
-def train_run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, float]:
+def train_run(
+    cfg: DictConfig, extra_callbacks: list | None = None, evaluate_test: bool = True
+) -> dict[str, float]:
     """Train one configuration, evaluate its best checkpoint on val and test, record it.
 
     An interrupted attempt at the same run (same folder, same results-relevant config)
     resumes from its ``last.ckpt``: weights, optimiser, schedule, early stopping, RNG and
     training time continue, so the final metrics equal an uninterrupted run's.
-    ``extra_callbacks`` are added to the trainer's (e.g. a tuner's pruning callback).
+    ``extra_callbacks`` join the trainer's (a tuner's pruning callback); ``evaluate_test=False``
+    skips the test pass (tuning trials: their numbers must come from validation only).
     """
     out = run_dir(cfg)
     resume_from = resumable_checkpoint(cfg)
@@ -260,7 +263,9 @@ def train_run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str,
     metrics.update(
         _to_float(trainer.validate(module, datamodule=dm, ckpt_path=ckpt, verbose=False)[0])
     )
-    metrics.update(_to_float(trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False)[0]))
+    if evaluate_test:
+        test = trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False)[0]
+        metrics.update(_to_float(test))
     metrics["time/train_s"] = train_s
     metrics["epochs"] = float(trainer.current_epoch)
     metrics["best_epoch"] = float(_best_epoch(checkpoint))
