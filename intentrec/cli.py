@@ -68,7 +68,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from intentrec.tune import tune_experiment
+    from intentrec.tuning import tune_experiment
 
     path = tune_experiment(args.experiment, list(args.overrides), search_only=args.search_only)
     if not args.search_only:

@@ -18,10 +18,10 @@ import torch
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from intentrec import tune
 from intentrec.config import ConfigError
 from intentrec.experiments import load_experiment
 from intentrec.run_folder import run_dir
+from intentrec.tuning import search as tune
 from tests.conftest import tiny_overrides
 
 MONITOR = "val/item/ndcg@10"

@@ -137,14 +137,14 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def _nest(mapping: Mapping[str, Any], where: str) -> dict[str, Any]:
+def nest_keys(mapping: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
     """``{"model.d_model": 32, "loss": {"intent_weight": 0}}`` -> nested dict (deep-merged)."""
     out: dict[str, Any] = {}
     for key, value in mapping.items():
         if not isinstance(key, str):
             raise ConfigError(f"{where}: key {key!r} is not a string")
         if isinstance(value, Mapping):
-            value = _nest(value, where)
+            value = nest_keys(value, where)
         node = out
         *parents, leaf = key.split(".")
         for part in parents:
@@ -263,7 +263,7 @@ def _expand_variants(raw: DictConfig, where: str) -> dict[str, dict[str, Any]]:
                 body = {}
             if not isinstance(body, dict):
                 raise ConfigError(f"{vwhere}: must be a mapping of config keys, got {body!r}")
-            nested = _nest(body, vwhere)
+            nested = nest_keys(body, vwhere)
             _check_run_keys(nested, vwhere)
             variants[name] = nested
 
@@ -280,7 +280,7 @@ def _expand_variants(raw: DictConfig, where: str) -> dict[str, dict[str, Any]]:
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{gwhere}: must be a non-empty list of values")
         for value in values:
-            _check_run_keys(_nest({key: value}, gwhere), gwhere)
+            _check_run_keys(nest_keys({key: value}, gwhere), gwhere)
     expanded: dict[str, dict[str, Any]] = {}
     for name, body in variants.items():
         for combo in itertools.product(*(values for _, values in grid_items)):
@@ -290,7 +290,7 @@ def _expand_variants(raw: DictConfig, where: str) -> dict[str, dict[str, Any]]:
                 raise ConfigError(
                     f"{where}: grid gives an unusable or duplicate variant name '{full}'"
                 )
-            assigned = _nest({k: v for (k, _), v in zip(grid_items, combo)}, where)
+            assigned = nest_keys({k: v for (k, _), v in zip(grid_items, combo)}, where)
             expanded[full] = _deep_merge(body, assigned)
     return expanded
 
