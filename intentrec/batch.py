@@ -20,6 +20,8 @@ targets describe the event that follows it in the user's history.
                                               (train targets in training, val targets in
                                               validation, ...); never True at padding
     USER          Long  [batch]               encoded user id (1-based)
+    TARGET_EVENT  Long  [batch, seq_len]      the target event's row in the cached event table
+                                              (0 at padding): pairs a target across runs
     TARGET_SLICE  Long  [batch, seq_len]      evaluation only, with ``eval.slice_by``: the
                                               target event's value code in that slice
                                               (-1 at padding or where it is null)
@@ -32,6 +34,7 @@ TARGET_ITEM = "target/item"
 TARGET_WEIGHT = "target/weight"
 TARGET_MASK = "target/mask"
 USER = "user"
+TARGET_EVENT = "target/event"
 TARGET_SLICE = "target/slice"
 IGNORE_INDEX = -100
 

@@ -154,6 +154,9 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
     filter_seen: bool = False  # drop items already in the input window from the ranking
     chunk_size: int = 65536  # catalogue chunk for scoring (bounds memory)
+    # Write every target's (event, user, rank) to targets_<stage>.npz in the run folder, so
+    # summaries can put bootstrap intervals over users on differences without a re-run.
+    save_per_target: bool = True
     # Item metrics also per value of the target event's slice, e.g.
     # test/item/planted_intent=discover/ndcg@10: cold_item (cold = never a training target),
     # session_start (start = opens a session), or a hidden column (synthetic: planted_intent).

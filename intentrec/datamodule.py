@@ -178,6 +178,7 @@ class WindowDataset(Dataset):
             B.TARGET_WEIGHT: torch.from_numpy(at("weight", targets, 0.0).astype(np.float32)),
             B.TARGET_MASK: torch.from_numpy(mask),
             B.USER: torch.from_numpy(self.windows.user[indices]),
+            B.TARGET_EVENT: _long(targets),
         }
         if self.slice_codes is not None:
             out[B.TARGET_SLICE] = _long(np.where(real, self.slice_codes[targets], -1))

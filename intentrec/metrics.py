@@ -30,6 +30,7 @@ from intentrec.batch import IGNORE_INDEX
 
 __all__ = [
     "MultiLabelIntentMetrics",
+    "PerTargetRanks",
     "RankingMetrics",
     "SingleLabelIntentMetrics",
     "rank_metrics_from_ranks",
@@ -283,6 +284,41 @@ class RankingMetrics(Metric):
     def compute(self) -> dict[str, Tensor]:
         """Metric name -> float32 scalar (keys in the class docstring)."""
         return _metrics_from_stats(self.rank_counts, self.reciprocal_rank_sum, self.count, self.ks)
+
+
+class PerTargetRanks(Metric):
+    """Every evaluated target's (event row, user, rank), gathered exactly across processes.
+
+    The state is concatenated (``dist_reduce_fx="cat"``); the evaluation sampler never
+    repeats a window across ranks, so every target appears once. ``compute()`` sorts by
+    event row, so the result is the same whatever the batching or the number of processes,
+    and two runs on the same data can be paired target by target (bootstrap intervals).
+    """
+
+    is_differentiable = False
+    full_state_update = False
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        for name in ("event", "user", "rank"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, event: Tensor, user: Tensor, rank: Tensor) -> None:
+        """Add N targets: event rows [N], user ids [N], 1-based ranks [N]."""
+        self.event.append(event.reshape(-1).long())
+        self.user.append(user.reshape(-1).long())
+        self.rank.append(_check_ranks(rank).long())
+
+    def compute(self) -> dict[str, Tensor]:
+        """``{"event", "user", "rank"}`` -> Long [N] each, sorted by event row."""
+        columns = {}
+        for name in ("event", "user", "rank"):
+            state = getattr(self, name)
+            if isinstance(state, list):  # nothing seen (and not synced into one tensor)
+                state = torch.cat(state) if state else torch.zeros(0, dtype=torch.long)
+            columns[name] = state.reshape(-1)
+        order = torch.argsort(columns["event"], stable=True)
+        return {name: values[order] for name, values in columns.items()}
 
 
 # --------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from intentrec.config import saved_config
 from intentrec.data.schema import DataSchema, IntentSpec
 from intentrec.metrics import (
     MultiLabelIntentMetrics,
+    PerTargetRanks,
     RankingMetrics,
     SingleLabelIntentMetrics,
     target_ranks,
@@ -80,6 +81,9 @@ class IntentRecModule(pl.LightningModule):
 
         ks = tuple(self.cfg.eval.ks)
         self.ranking = nn.ModuleDict({stage: RankingMetrics(ks=ks) for stage in STAGES})
+        # Every target's rank (eval.save_per_target): intervals over users need no re-run.
+        self.per_target = nn.ModuleDict({stage: PerTargetRanks() for stage in STAGES})
+        self.per_target_ranks: dict[str, dict[str, np.ndarray]] = {}
         self.intent_metrics = nn.ModuleDict(
             {
                 stage: nn.ModuleDict(
@@ -341,6 +345,9 @@ class IntentRecModule(pl.LightningModule):
             score_fn=self._score_fn(),
         )
         self.ranking[stage].update(ranks)
+        if self.cfg.eval.save_per_target:
+            users = batch[B.USER].unsqueeze(1).expand_as(mask)  # [B, L]
+            self.per_target[stage].update(batch[B.TARGET_EVENT][mask], users[mask], ranks)
         if self.slice_names:
             codes = batch[B.TARGET_SLICE][mask]  # [N]
             for code, metric in enumerate(self.slice_ranking[stage]):
@@ -359,6 +366,10 @@ class IntentRecModule(pl.LightningModule):
         for key, value in self.ranking[stage].compute().items():
             values[f"{stage}/item/{key}"] = value
         self.ranking[stage].reset()
+        if self.cfg.eval.save_per_target:
+            ranked = self.per_target[stage].compute()
+            self.per_target_ranks[stage] = {k: v.cpu().numpy() for k, v in ranked.items()}
+            self.per_target[stage].reset()
         for name, metric in zip(self.slice_names, self.slice_ranking[stage]):
             for key, value in metric.compute().items():
                 values[f"{stage}/item/{self.slice_column}={name}/{key}"] = value

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -23,6 +25,7 @@ CONFIG_FILE = "config.yaml"
 PROTOCOL_FILE = "protocol.json"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
+PER_TARGET_COLUMNS = ("event", "user", "rank")
 
 # Keys that may differ between a finished run and a rerun without changing its numbers.
 RESULT_NEUTRAL_KEYS = (
@@ -37,6 +40,7 @@ RESULT_NEUTRAL_KEYS = (
     "data.cache_dir",
     "data.eval_batch_size",
     "eval.chunk_size",
+    "eval.save_per_target",
 )
 
 
@@ -82,3 +86,30 @@ def config_changes(cfg: DictConfig) -> list[str]:
         if saved[key] != value:
             changes.append(f"{key}: {saved[key]!r} -> {value!r}")
     return changes
+
+
+def per_target_path(folder: Path, stage: str) -> Path:
+    return folder / f"targets_{stage}.npz"
+
+
+def write_per_target(folder: Path, stage: str, ranks: dict[str, np.ndarray]) -> Path:
+    """Save every evaluated target's event row, user and 1-based rank (sorted by event)."""
+    path = per_target_path(folder, stage)
+    np.savez_compressed(
+        path, **{c: np.asarray(ranks[c], dtype=np.int64) for c in PER_TARGET_COLUMNS}
+    )
+    return path
+
+
+def read_per_target(cfg: DictConfig, stage: str = "test") -> dict[str, np.ndarray] | None:
+    """The run's saved per-target ranks for ``stage``, or None when it has none (an older
+    run, or ``eval.save_per_target=false``) or the file is unreadable (logged)."""
+    path = per_target_path(run_dir(cfg), stage)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as data:
+            return {c: data[c] for c in PER_TARGET_COLUMNS}
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        log.warning("%s: unreadable (%s); no interval from this run", path, err)
+        return None

@@ -46,6 +46,7 @@ from intentrec.run_folder import (
     config_changes,
     finished_metrics,
     run_dir,
+    write_per_target,
 )
 
 log = logging.getLogger(__name__)
@@ -272,6 +273,8 @@ def train_run(
     metrics["time/epoch_s"] = train_s / max(1, trainer.current_epoch)
 
     if trainer.is_global_zero:
+        for stage, ranks in module.per_target_ranks.items():
+            write_per_target(out, stage, ranks)
         (out / "protocol.json").write_text(json.dumps(protocol_record(cfg, dm, module), indent=2))
         for lg in loggers:
             if isinstance(lg, WandbLogger):
@@ -302,8 +305,12 @@ def evaluate_checkpoint(
     split: str = "test",
     overrides: list[str] | tuple[str, ...] = (),
     trainer_overrides: dict | None = None,
+    per_target_dir: Path | None = None,
 ) -> dict[str, float]:
     """Rebuild a run from its checkpoint alone and evaluate it on ``split`` (val|test).
+
+    With ``per_target_dir``, every target's rank is also written there
+    (``targets_<split>.npz``, as a training run writes into its folder).
 
     ``overrides`` may change evaluation settings only (``EVAL_OVERRIDABLE``); a key that
     would change the model or the data is a ConfigError naming it (it would be ignored).
@@ -355,4 +362,6 @@ def evaluate_checkpoint(
         result = trainer.test(module, datamodule=dm, verbose=False)[0]
     else:
         result = trainer.validate(module, datamodule=dm, verbose=False)[0]
+    if per_target_dir is not None and split in module.per_target_ranks:
+        write_per_target(Path(per_target_dir), split, module.per_target_ranks[split])
     return _to_float(result)

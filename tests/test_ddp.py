@@ -220,8 +220,19 @@ def test_ddp_metrics_equal_single_process_evaluation(tmp_path: Path, tiny_cache:
         ckpt = run / "checkpoints" / "best.ckpt"
         assert ckpt.is_file() and (run / "checkpoints" / "last.ckpt").is_file()
         for split, stage in (("test", "test"), ("val", "val")):
-            local = evaluate_checkpoint(ckpt, split=split, trainer_overrides=single)
+            here = tmp_path / "single" / variant
+            here.mkdir(parents=True, exist_ok=True)
+            local = evaluate_checkpoint(
+                ckpt, split=split, trainer_overrides=single, per_target_dir=here
+            )
             assert_metrics_close(stage_metrics(saved, stage), local)
+            # Per-target ranks gathered across the two ranks == the single process's, exactly.
+            with (
+                np.load(run / f"targets_{stage}.npz") as ddp,
+                np.load(here / f"targets_{stage}.npz") as one,
+            ):
+                for column in ("event", "user", "rank"):
+                    assert np.array_equal(ddp[column], one[column]), (variant, stage, column)
         assert any(k.startswith("test/item/planted_intent=") for k in saved)
         if variant == "V3":
             assert any(k.startswith("test/intent/") for k in saved)

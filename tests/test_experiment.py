@@ -7,13 +7,14 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
 from intentrec import experiments as ex
 from intentrec.config import ConfigError
 from intentrec.experiments import report, runner
-from intentrec.run_folder import run_dir
+from intentrec.run_folder import run_dir, write_per_target
 
 # Main-metric values per (variant, seed) with hand-computable statistics:
 # base: mean 0.2, sd 0.1; better: mean 0.3, sd sqrt(0.0175); Δ = +50 %;
@@ -351,3 +352,32 @@ def test_summary_plot_title_fits_the_figure(tmp_path: Path, fake: FakeTrainer) -
     title = fig.axes[0].title.get_window_extent(renderer)
     frame = fig.bbox
     assert frame.x0 <= title.x0 and title.x1 <= frame.x1 and title.y1 <= frame.y1
+
+
+def test_summary_shows_the_interval_over_users_and_says_what_it_means(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(0)
+    events = np.arange(1, 401)
+    users = (events + 3) // 4  # 100 users, 4 targets each
+    base_ranks = rng.integers(1, 30, size=events.size)
+
+    class WritesRanks(FakeTrainer):
+        def __call__(self, cfg: DictConfig) -> dict[str, float]:
+            metrics = super().__call__(cfg)
+            # "better" ranks every target first; "same" exactly as the baseline.
+            ranks = np.ones_like(base_ranks) if cfg.variant == "better" else base_ranks
+            write_per_target(run_dir(cfg), "test", {"event": events, "user": users, "rank": ranks})
+            return metrics
+
+    monkeypatch.setattr(runner, "train_run", WritesRanks())
+    text = EXPERIMENT_YAML.replace("  better:", "  same:\n    model.name: sasrec\n  better:")
+    exp = ex.load_experiment(write_exp(tmp_path, text), overrides(tmp_path))
+    ex.run_experiment(exp)
+    summary = exp.summary_path.read_text()
+    assert "95% CI over users" in summary and "100 test users" in summary
+    assert "The interval includes zero for same" in summary
+    assert "better is above base: its interval excludes zero" in summary
+    rows = {r["variant"]: r for r in csv.DictReader((exp.out_dir / "summary.csv").open())}
+    assert float(rows["same"]["diff"]) == 0.0 and rows["base"]["ci_low"] == ""
+    assert float(rows["better"]["ci_low"]) > 0

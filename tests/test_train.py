@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -21,6 +22,7 @@ from intentrec import cli
 from intentrec.config import EXPERIMENTS_DIR, ConfigError
 from intentrec.data.recipes.synthetic import INTENTS
 from intentrec.experiments import DATASET_INTENTS, load_experiment
+from intentrec.experiments.intervals import per_target_values
 from intentrec.module import IntentRecModule
 from intentrec.train import evaluate_checkpoint, run_dir, train_run
 from tests.conftest import (
@@ -125,6 +127,17 @@ def test_run_folder_records_config_protocol_metrics_checkpoints(trained_run: Tra
     for intent in SYNTHETIC_INTENTS:
         assert any(k.startswith(f"test/intent/{intent}/") for k in metrics), intent
     assert list(metrics) == sorted(metrics)
+
+
+def test_saved_per_target_ranks_reproduce_the_metrics(trained_run: TrainedRun) -> None:
+    for stage in ("val", "test"):
+        with np.load(trained_run.run_dir / f"targets_{stage}.npz") as saved:
+            events, users, ranks = saved["event"], saved["user"], saved["rank"]
+        assert len(events) == len(set(events.tolist())) and (np.diff(events) > 0).all()
+        assert users.min() >= 1 and ranks.min() >= 1
+        for metric in ("ndcg@10", "hr@10", "mrr"):
+            values = per_target_values(f"{stage}/item/{metric}", ranks)
+            assert values.mean() == pytest.approx(trained_run.metrics[f"{stage}/item/{metric}"])
 
 
 def test_checkpoint_reproduces_test_and_val_metrics(trained_run: TrainedRun) -> None:

@@ -11,11 +11,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from intentrec.experiments.intervals import RESAMPLES
 from intentrec.experiments.spec import Experiment
 from intentrec.experiments.summary import (
     EXTRA_COLUMNS,
     INTENT_METRIC,
     SummaryRow,
+    collect_per_target,
     collect_results,
     compute_summary,
     intent_metric_names,
@@ -57,6 +59,7 @@ def _fmt_rel(row: SummaryRow) -> str:
 def _main_table(exp: Experiment, rows: list[SummaryRow]) -> tuple[list[str], list[list[str]]]:
     header = ["variant", "n", *(_short(m) for m in exp.metrics), "epochs", "train s"]
     header += [f"Δ {_short(exp.main_metric)} vs {exp.baseline}", "p (paired t)"]
+    header += ["Δ, 95% CI over users"]
     body = []
     for r in rows:
         epochs, secs = r.mean.get("epochs", math.nan), r.mean.get("time/train_s", math.nan)
@@ -69,9 +72,53 @@ def _main_table(exp: Experiment, rows: list[SummaryRow]) -> tuple[list[str], lis
                 "—" if math.isnan(secs) else f"{secs:.0f}",
                 _fmt_rel(r),
                 _fmt_p(r.p_value),
+                _fmt_interval(r),
             ]
         )
     return header, body
+
+
+def _interval_cells(row: SummaryRow) -> list[str]:
+    iv = row.interval
+    if iv is None:
+        return ["", "", "", ""]
+    return [_num(iv.difference), _num(iv.low), _num(iv.high), str(iv.users)]
+
+
+def _fmt_interval(row: SummaryRow) -> str:
+    """``+0.0123 [+0.0050, +0.0190]`` (absolute difference of the main metric) or —."""
+    iv = row.interval
+    if iv is None or math.isnan(iv.difference):
+        return "—"
+    return f"{iv.difference:+.4f} [{iv.low:+.4f}, {iv.high:+.4f}]"
+
+
+def interval_sentences(exp: Experiment, rows: list[SummaryRow]) -> list[str]:
+    """The intervals in words: which differences the test users can and cannot tell apart."""
+    with_iv = [r for r in rows if r.interval is not None and not math.isnan(r.interval.difference)]
+    if not with_iv:
+        return [
+            "No interval over users: the runs saved no per-target ranks "
+            "(eval.save_per_target) or were evaluated on other targets."
+        ]
+    iv = with_iv[0].interval
+    lines = [
+        f"95% CI over users: paired bootstrap ({RESAMPLES} resamples of the {iv.users} test "
+        f"users, all of a user's {iv.targets} targets together in all) of the difference in "
+        f"mean {exp.main_metric} to **{exp.baseline}**, per target averaged over the seeds "
+        "both finished."
+    ]
+    unclear = [r.variant for r in with_iv if r.interval.includes_zero]
+    clear = [r for r in with_iv if not r.interval.includes_zero]
+    if unclear:
+        lines.append(
+            f"The interval includes zero for {', '.join(unclear)}: at this number of test "
+            f"users the data do not show a difference to {exp.baseline}."
+        )
+    for r in clear:
+        side = "above" if r.interval.difference > 0 else "below"
+        lines.append(f"{r.variant} is {side} {exp.baseline}: its interval excludes zero.")
+    return lines
 
 
 def _data_line(exp: Experiment) -> str:
@@ -126,6 +173,7 @@ def write_summary(
         f"{exp.main_metric} vs **{exp.baseline}**; p: paired t-test over seeds "
         f"(scipy.stats.ttest_rel, two-sided) vs {exp.baseline}."
     )
+    parts += ["", " ".join(interval_sentences(exp, rows))]
     with_intents = [
         r for r in rows if any(not math.isnan(r.mean.get(m, math.nan)) for m in intent_metrics)
     ]
@@ -151,12 +199,14 @@ def write_summary(
             ["variant", "baseline", "n", "seeds"]
             + [f"{m}/{s}" for m in stat_columns for s in ("mean", "sd")]
             + ["main_metric", "rel_change_pct", "p_value", "paired_seeds"]
+            + ["diff", "ci_low", "ci_high", "ci_users"]
         )
         for r in rows:
             writer.writerow(
                 [r.variant, int(r.is_baseline), r.n, ";".join(map(str, r.seeds))]
                 + [_num(d.get(m, math.nan)) for m in stat_columns for d in (r.mean, r.sd)]
                 + [exp.main_metric, _num(r.rel_change_pct), _num(r.p_value), r.paired_seeds]
+                + _interval_cells(r)
             )
     keys = sorted({k for per_seed in results.values() for m in per_seed.values() for k in m})
     with (out / "runs.csv").open("w", newline="") as fh:
@@ -256,11 +306,17 @@ def log_summary_to_wandb(exp: Experiment, rows: list[SummaryRow]) -> Path | None
     os.environ.setdefault("WANDB_SILENT", "true")
     columns = ["variant", "n", "baseline"] + [f"{m} mean" for m in exp.metrics]
     columns += [f"{m} sd" for m in exp.metrics] + ["rel_change_pct", "p_value"]
+    columns += ["diff", "ci_low", "ci_high"]
     data = [
         [r.variant, r.n, r.is_baseline]
         + [_none(r.mean[m]) for m in exp.metrics]
         + [_none(r.sd[m]) for m in exp.metrics]
         + [_none(r.rel_change_pct), _none(r.p_value)]
+        + (
+            [None, None, None]
+            if r.interval is None
+            else [_none(r.interval.difference), _none(r.interval.low), _none(r.interval.high)]
+        )
         for r in rows
     ]
     run = wandb.init(
@@ -311,6 +367,7 @@ def summarize(exp: Experiment, console: Any = None) -> Path:
         baseline=exp.baseline,
         metrics=exp.metrics,
         columns=[*intent_metrics, *EXTRA_COLUMNS],
+        per_target=collect_per_target(exp),
     )
     path = write_summary(exp, rows, results, intent_metrics)
     console = console or Console()
@@ -323,6 +380,7 @@ def summarize(exp: Experiment, console: Any = None) -> Path:
         table.add_column(_short(metric), justify="right")
     table.add_column("Δ", justify="right")
     table.add_column("p", justify="right")
+    table.add_column("Δ 95% CI (users)", justify="right")
     for r in rows:
         others = [_fmt_num(r.mean.get(m, math.nan)) for m in exp.metrics[1:]]
         table.add_row(
@@ -332,9 +390,11 @@ def summarize(exp: Experiment, console: Any = None) -> Path:
             *others,
             _fmt_rel(r),
             _fmt_p(r.p_value),
+            _fmt_interval(r),
             style="bold" if r.is_baseline else None,
         )
     console.print(table)
+    console.print(" ".join(interval_sentences(exp, rows)))
     try:
         log_summary_to_wandb(exp, rows)
     except Exception as err:  # the files above are the record; a wandb problem must not lose them

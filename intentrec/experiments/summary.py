@@ -9,8 +9,11 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
+from intentrec.experiments.intervals import Interval, difference_interval
 from intentrec.experiments.spec import Experiment
-from intentrec.run_folder import finished_metrics
+from intentrec.run_folder import finished_metrics, read_per_target
 
 INTENT_METRIC = re.compile(r"^test/intent/([^/]+)/(accuracy|macro_f1|top1_in_set|micro_f1)$")
 _INTENT_STAT_ORDER = ("accuracy", "macro_f1", "top1_in_set", "micro_f1")
@@ -29,6 +32,9 @@ class SummaryRow:
     rel_change_pct: float  # main metric mean vs the baseline's, in %; 0 for the baseline
     p_value: float  # paired t-test on the main metric vs the baseline; NaN when undefined
     paired_seeds: int  # number of seeds the t-test paired
+    # Paired bootstrap over test users of the main metric's difference to the baseline
+    # (seed-averaged per target); None for the baseline or without saved per-target ranks.
+    interval: Interval | None = None
 
     @property
     def n(self) -> int:
@@ -43,6 +49,16 @@ def collect_results(exp: Experiment) -> dict[str, dict[int, dict[str, float]]]:
         if metrics is not None:
             results[run.variant][run.seed] = metrics
     return results
+
+
+def collect_per_target(exp: Experiment) -> dict[str, dict[int, dict[str, np.ndarray]]]:
+    """variant -> seed -> saved test ranks of every finished run that saved them."""
+    ranks: dict[str, dict[int, dict[str, np.ndarray]]] = {v: {} for v in exp.variants}
+    for run in exp.runs:
+        saved = read_per_target(run.cfg, "test") if finished_metrics(run.cfg) else None
+        if saved is not None:
+            ranks[run.variant][run.seed] = saved
+    return ranks
 
 
 def intent_metric_names(results: Mapping[str, Mapping[int, Mapping[str, float]]]) -> list[str]:
@@ -63,8 +79,10 @@ def compute_summary(
     baseline: str,
     metrics: Sequence[str],
     columns: Sequence[str] | None = None,
+    per_target: Mapping[str, Mapping[int, Mapping[str, np.ndarray]]] | None = None,
 ) -> list[SummaryRow]:
-    """Per-variant mean, sd, relative change and paired t-test p of ``metrics[0]``."""
+    """Per-variant mean, sd, relative change and paired t-test p of ``metrics[0]``; with
+    ``per_target`` (variant -> seed -> saved ranks) also its bootstrap interval over users."""
     from scipy.stats import ttest_rel
 
     main = metrics[0]
@@ -100,7 +118,14 @@ def compute_summary(
                     p = float(
                         ttest_rel([own[s] for s in common], [base_values[s] for s in common]).pvalue
                     )
+        interval = None
+        if per_target and variant != baseline:
+            interval = difference_interval(
+                main, per_target.get(variant, {}), per_target.get(baseline, {})
+            )
         rows.append(
-            SummaryRow(variant, variant == baseline, sorted(per_seed), mean, sd, rel, p, paired)
+            SummaryRow(
+                variant, variant == baseline, sorted(per_seed), mean, sd, rel, p, paired, interval
+            )
         )
     return rows
