@@ -249,7 +249,7 @@ def evaluate_checkpoint(
             parse_overrides(overrides),
             source="command line",
         )
-        validate(cfg)
+        validate(cfg, training=False)
         saved = to_flat_dict(module.cfg)
         for key, value in to_flat_dict(cfg).items():
             if key in saved and saved[key] != value and not key.startswith(EVAL_OVERRIDABLE):
