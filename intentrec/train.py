@@ -35,6 +35,7 @@ from intentrec.config import to_flat_dict
 from intentrec.datamodule import IntentRecDataModule
 from intentrec.metrics import RankingMetrics
 from intentrec.module import STAGES, IntentRecModule
+from intentrec.preflight import load_checkpoint, preflight
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,7 @@ def _to_float(metrics: dict[str, Any]) -> dict[str, float]:
 
 def train_run(cfg: DictConfig) -> dict[str, float]:
     """Train one configuration, evaluate its best checkpoint on val and test, record it."""
+    preflight(cfg)  # bad trainer/DDP settings fail here, before a run folder exists
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -238,9 +240,7 @@ def evaluate_checkpoint(
     if split not in ("val", "test"):
         raise ValueError(f"--split must be 'val' or 'test', not {split!r}")
     ckpt_path = Path(ckpt_path)
-    if not ckpt_path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
-    module = IntentRecModule.load_from_checkpoint(str(ckpt_path), map_location="cpu")
+    module = load_checkpoint(ckpt_path)  # a missing, foreign or broken file names its path
     cfg = module.cfg
     if overrides:
         cfg = merge(
@@ -260,6 +260,7 @@ def evaluate_checkpoint(
                 )
     if trainer_overrides:
         cfg = merge(cfg, {"trainer": trainer_overrides})
+    preflight(cfg, train=False)
     # Evaluation-only settings may change; the model and data must be the checkpoint's.
     if list(cfg.eval.ks) != list(module.cfg.eval.ks):
         module.ranking = torch.nn.ModuleDict(

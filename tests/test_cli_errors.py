@@ -1,0 +1,210 @@
+"""No user input gives a traceback: trainer/DDP settings, checkpoint files, intent heads.
+
+Each error is one line through ``intentrec.cli.main`` (exit 2) naming the config key or
+file, and a run that cannot start leaves no run folder behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from intentrec import cli, preflight
+from intentrec.config import ConfigError
+from intentrec.train import evaluate_checkpoint, run_dir, train_run
+from tests.conftest import TrainedRun, tiny_overrides
+
+ONE_RUN_EXPERIMENT = """
+description: "one tiny run"
+seeds: [0]
+baseline: V1
+variants:
+  V1:
+    model.variant: V1
+"""
+
+
+def one_line_error(capsys: pytest.CaptureFixture) -> str:
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert "Traceback" not in captured.out + captured.err
+    assert err.count("\n") == 0, err
+    assert err.startswith("error: "), err
+    return err
+
+
+def train_single(tmp_path: Path, tiny_cache: Path, *extra: str) -> int:
+    path = tmp_path / "one.yaml"
+    path.write_text(ONE_RUN_EXPERIMENT)
+    overrides = tiny_overrides(tmp_path / "runs", tiny_cache, *extra)
+    return cli.main(["train", "--single", str(path), *overrides])
+
+
+# ---------------------------------------------------------------------------------------
+# preflight: accelerator, devices, strategy, world size vs batch sizes
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ("trainer.accelerator=cuda",),
+            "config key 'trainer.accelerator': 'cuda' but torch.cuda.is_available() is False",
+        ),
+        (("trainer.accelerator=gpu",), "config key 'trainer.accelerator': 'gpu' but no GPU"),
+        (("trainer.accelerator=mps",), "config key 'trainer.accelerator': 'mps' but"),
+        (("trainer.devices=0",), "config key 'trainer.devices': must be >= 1"),
+        (("trainer.devices=-2",), "config key 'trainer.devices': must be >= 1"),
+        (("trainer.devices=-1",), "'trainer.devices': on the cpu accelerator it is the number"),
+        (("trainer.devices=abc",), "'trainer.devices': on the cpu accelerator it is the number"),
+        (("trainer.devices=[0,1]",), "'trainer.devices': on the cpu accelerator it is the number"),
+        (("trainer.devices=null",), "config key 'trainer.devices': must be a number of devices"),
+        (("trainer.strategy=foo",), "config key 'trainer.strategy': Lightning refuses"),
+        (("trainer.strategy=fsdp",), "config key 'trainer.strategy': Lightning refuses"),
+        (
+            ("trainer.devices=3",),
+            "config key 'data.batch_size': global batch size 32 is not divisible by the world "
+            "size 3",
+        ),
+        (
+            ("trainer.devices=3", "data.batch_size=48"),
+            "config key 'data.eval_batch_size': global batch size 64 is not divisible by the "
+            "world size 3",
+        ),
+        (
+            ("trainer.devices=2", "trainer.num_nodes=2", "data.batch_size=34"),
+            "world size 4 (trainer.devices=2 x trainer.num_nodes=2",
+        ),
+        (("model.name=gru4rec", "model.gru_final_act=softplus"), "'model.gru_final_act'"),
+    ],
+)
+def test_preflight_refuses_before_a_run_folder_exists(
+    overrides: tuple[str, ...],
+    message: str,
+    tiny_cfg,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As on a machine without GPUs, whatever this one has.
+    monkeypatch.setattr(preflight, "_cuda_available", lambda: False)
+    monkeypatch.setattr(preflight, "_mps_available", lambda: False)
+    cfg = tiny_cfg(*overrides)
+    with pytest.raises(ConfigError) as info:
+        train_run(cfg)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+    assert not run_dir(cfg).exists()
+    assert not Path(cfg.out_dir).exists()
+
+
+def test_preflight_accepts_what_lightning_runs(tiny_cfg) -> None:
+    assert preflight.preflight(tiny_cfg()) == 1
+    assert preflight.preflight(tiny_cfg("trainer.devices=auto")) == 1
+    assert preflight.preflight(tiny_cfg("trainer.devices=2", "trainer.strategy=ddp")) == 2
+    assert preflight.preflight(tiny_cfg("trainer.devices=2", "trainer.num_nodes=2")) == 4
+    # evaluation checks data.eval_batch_size only: training's batch size does not matter
+    odd = tiny_cfg("data.batch_size=33", "data.eval_batch_size=64")
+    assert preflight.preflight(odd, train=False) == 1
+    odd.trainer.devices = 2
+    assert preflight.preflight(odd, train=False) == 2
+    with pytest.raises(ConfigError, match="'data.batch_size'"):
+        preflight.preflight(odd)
+
+
+def test_cli_train_on_missing_gpu_is_one_line_and_leaves_no_folder(
+    tmp_path: Path, tiny_cache: Path, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
+    monkeypatch.setattr(preflight, "_cuda_available", lambda: False)
+    assert train_single(tmp_path, tiny_cache, "trainer.accelerator=gpu") == 2
+    assert "'trainer.accelerator'" in one_line_error(capsys)
+    assert not (tmp_path / "runs").exists()
+
+    assert train_single(tmp_path, tiny_cache, "trainer.devices=3") == 2
+    err = one_line_error(capsys)
+    assert "'data.batch_size'" in err and "world size 3" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_evaluate_preflights_trainer_overrides(trained_run: TrainedRun) -> None:
+    with pytest.raises(ConfigError, match="'data.eval_batch_size': global batch size 64 .* 3"):
+        evaluate_checkpoint(trained_run.best_ckpt, trainer_overrides={"devices": 3})
+
+
+# ---------------------------------------------------------------------------------------
+# evaluate on a file that is not a checkpoint of ours
+# ---------------------------------------------------------------------------------------
+class NotOurs:
+    """A class pickled into a torch file: weights_only loading refuses it."""
+
+
+def _truncated(real: Path, path: Path) -> None:
+    data = real.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+BAD_FILES = {
+    "empty": (lambda real, p: p.write_bytes(b""), "is empty (0 bytes)"),
+    "text": (
+        lambda real, p: p.write_text("epoch=3 step=120\n"),
+        "not a torch checkpoint (torch.save writes a zip archive; this file starts with b'epoch=3 '",
+    ),
+    "random": (
+        lambda real, p: p.write_bytes(bytes(range(256)) * 16),
+        "not a torch checkpoint",
+    ),
+    "truncated": (_truncated, "truncated or corrupt (an incomplete zip archive)"),
+    "other_dict": (
+        lambda real, p: torch.save({"a": 1}, p),
+        "a torch file but not an intentrec checkpoint (lacks state_dict, hyper_parameters; "
+        "has keys ['a'])",
+    ),
+    "tensor": (lambda real, p: torch.save(torch.zeros(3), p), "a torch file holding a Tensor"),
+    "foreign_lightning": (
+        lambda real, p: torch.save(
+            {"state_dict": {}, "hyper_parameters": {"lr": 0.1}, "pytorch-lightning_version": "2"},
+            p,
+        ),
+        "lacks hyper_parameters.cfg, hyper_parameters.schema",
+    ),
+    "pickled_object": (
+        lambda real, p: torch.save({"state_dict": NotOurs()}, p),
+        "holds pickled objects beyond tensors and plain containers",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+def test_evaluate_bad_file_is_one_line_naming_the_path(
+    kind: str, trained_run: TrainedRun, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    write, message = BAD_FILES[kind]
+    path = tmp_path / f"{kind}.ckpt"
+    write(trained_run.best_ckpt, path)
+    assert cli.main(["evaluate", str(path)]) == 2
+    err = one_line_error(capsys)
+    assert f"checkpoint {path}: " in err and message in err, err
+    with pytest.raises(preflight.CheckpointError):
+        evaluate_checkpoint(path)
+
+
+def test_evaluate_a_directory_says_so_and_suggests_the_checkpoint(
+    trained_run: TrainedRun, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert cli.main(["evaluate", str(trained_run.run_dir)]) == 2
+    err = one_line_error(capsys)
+    assert f"checkpoint {trained_run.run_dir}: is a directory, not a checkpoint file" in err
+    assert "did you mean" in err and "checkpoints" in err
+    assert cli.main(["evaluate", str(tmp_path)]) == 2
+    assert f"checkpoint {tmp_path}: is a directory, not a checkpoint file" in one_line_error(capsys)
+
+
+def test_checkpoint_whose_weights_do_not_fit_the_model_is_one_line(
+    trained_run: TrainedRun, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    ckpt = torch.load(trained_run.best_ckpt, map_location="cpu", weights_only=True)
+    ckpt["state_dict"].pop(next(iter(ckpt["state_dict"])))
+    path = tmp_path / "partial.ckpt"
+    torch.save(ckpt, path)
+    assert cli.main(["evaluate", str(path)]) == 2
+    err = one_line_error(capsys)
+    assert f"checkpoint {path}: does not fit this version of intentrec's model" in err
