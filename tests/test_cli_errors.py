@@ -208,3 +208,40 @@ def test_checkpoint_whose_weights_do_not_fit_the_model_is_one_line(
     assert cli.main(["evaluate", str(path)]) == 2
     err = one_line_error(capsys)
     assert f"checkpoint {path}: does not fit this version of intentrec's model" in err
+
+
+# ---------------------------------------------------------------------------------------
+# intent heads the data lacks (logs: intents known only after reading the data)
+# ---------------------------------------------------------------------------------------
+def write_tiny_logs(folder: Path) -> Path:
+    """12 users x 8 events with an action type: the logs dataset's only intent."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["u,i,t,a"]
+    for user in range(12):
+        for k in range(8):
+            item = (user * 3 + k * 5) % 20
+            rows.append(f"user{user},item{item},{1_600_000_000 + user * 7 + k * 86_400},")
+            rows[-1] += "play" if (user + k) % 3 else "browse"
+    (folder / "events.csv").write_text("\n".join(rows) + "\n")
+    mapping = folder / "mapping.yaml"
+    mapping.write_text(
+        "name: tinylogs\n"
+        "events: {path: events.csv, user: u, item: i, time: t, time_unit: s, action_type: a}\n"
+    )
+    return mapping
+
+
+def test_logs_intent_head_the_data_lacks_is_one_line_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    mapping = write_tiny_logs(tmp_path / "logs")
+    args = [
+        "data=logs",
+        f"data.path={mapping}",
+        "data.max_len=5",
+        "model.intent_heads=[nonexistent]",
+    ]
+    assert train_single(tmp_path, tmp_path / "cache", *args) == 2
+    err = one_line_error(capsys)
+    assert "config key 'model.intent_heads': unknown intent(s) ['nonexistent']" in err, err
+    assert "valid names: ['action_type']" in err

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from intentrec import batch as B
-from intentrec.config import ModelConfig
+from intentrec.config import ConfigError, ModelConfig
 from intentrec.data.schema import DataSchema, IntentSpec
 from intentrec.models.blocks import (
     Dropout,
@@ -78,11 +78,11 @@ def select_intent_heads(intent_heads: list[str] | None, schema: DataSchema) -> l
     wanted = list(intent_heads)
     unknown = [name for name in wanted if name not in valid]
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"config key 'model.intent_heads': unknown intent(s) {unknown}; valid names: {valid}"
         )
     if len(set(wanted)) != len(wanted):
-        raise ValueError(f"config key 'model.intent_heads': duplicate names in {wanted}")
+        raise ConfigError(f"config key 'model.intent_heads': duplicate names in {wanted}")
     return [spec for spec in schema.intents if spec.name in wanted]
 
 
