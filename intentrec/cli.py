@@ -51,10 +51,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from intentrec.experiment import load_experiment, run_experiment
 
     if args.single:
-        from intentrec.sweep import resolve_single_run
+        from intentrec.sweep import replace_finished_run, resolve_single_run
         from intentrec.train import train_run
 
         cfg = resolve_single_run(args.experiment, list(args.overrides))
+        replace_finished_run(cfg)
         metrics = train_run(cfg)
         print(json.dumps(metrics, indent=2))
         return 0

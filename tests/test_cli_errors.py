@@ -6,6 +6,8 @@ file, and a run that cannot start leaves no run folder behind.
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -245,3 +247,38 @@ def test_logs_intent_head_the_data_lacks_is_one_line_naming_the_key(
     err = one_line_error(capsys)
     assert "config key 'model.intent_heads': unknown intent(s) ['nonexistent']" in err, err
     assert "valid names: ['action_type']" in err
+
+
+# ---------------------------------------------------------------------------------------
+# --single over a finished run
+# ---------------------------------------------------------------------------------------
+def test_single_over_a_finished_run_warns_and_unmarks_it(
+    tmp_path: Path, tiny_cache: Path, caplog: pytest.LogCaptureFixture, monkeypatch
+) -> None:
+    from intentrec.sweep import replace_finished_run, resolve_single_run
+
+    path = tmp_path / "one.yaml"
+    path.write_text(ONE_RUN_EXPERIMENT)
+    cfg = resolve_single_run(path, tiny_overrides(tmp_path / "runs", tiny_cache))
+    folder = run_dir(cfg)
+    with caplog.at_level(logging.WARNING, logger="intentrec.sweep"):
+        replace_finished_run(cfg)
+    assert not caplog.records  # nothing there yet: nothing to say
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text('{"test/item/ndcg@10": 0.5}')
+    with caplog.at_level(logging.WARNING, logger="intentrec.sweep"):
+        replace_finished_run(cfg)
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert f"overwrites the finished run at {folder}" in record.getMessage()
+    assert "\n" not in record.getMessage()
+    # an interrupted rerun must not look finished: the old marker is gone
+    assert not (folder / "metrics.json").exists()
+    assert (folder / "metrics.previous.json").is_file()
+
+    # DDP child processes (LOCAL_RANK set) leave the folder to rank 0
+    (folder / "metrics.json").write_text("{}")
+    monkeypatch.setitem(os.environ, "LOCAL_RANK", "1")
+    caplog.clear()
+    replace_finished_run(cfg)
+    assert (folder / "metrics.json").exists() and not caplog.records
