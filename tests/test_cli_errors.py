@@ -282,3 +282,10 @@ def test_single_over_a_finished_run_warns_and_unmarks_it(
     caplog.clear()
     replace_finished_run(cfg)
     assert (folder / "metrics.json").exists() and not caplog.records
+
+
+def test_head_weight_for_an_intent_the_data_lacks_is_refused(tiny_cfg) -> None:
+    with pytest.raises(
+        ConfigError, match=r"'loss.head_weights': unknown intent\(s\) \['gnere'\]; intents of"
+    ):
+        train_run(tiny_cfg("loss.head_weights.gnere=2.0"))
