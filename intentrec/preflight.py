@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from intentrec.config import ConfigError, validate
 
@@ -47,10 +47,14 @@ class CheckpointError(ConfigError):
 def preflight(cfg: DictConfig, *, train: bool = True) -> int:
     """Raise ConfigError for settings that would fail later; return the world size.
 
+    Also checks that ``out_dir`` and ``data.cache_dir`` are (or can become) folders.
+
     ``train=False`` (evaluation) checks only what evaluation uses: not
     ``data.batch_size``, not ``trainer.monitor``.
     """
     validate(cfg, training=train)
+    for key in ("out_dir", "data.cache_dir") if train else ("data.cache_dir",):
+        _check_folder(key, str(OmegaConf.select(cfg, key)))
     if cfg.model.name == "gru4rec":
         from intentrec.models.gru4rec import parse_final_activation
 
@@ -69,6 +73,17 @@ def preflight(cfg: DictConfig, *, train: bool = True) -> int:
                 f"trainer.num_nodes={nodes}: {world_size // nodes} process(es) per node)"
             )
     return world_size
+
+
+def _check_folder(key: str, value: str) -> None:
+    """``value`` is a folder or can become one: no part of it is an existing file."""
+    path = Path(value)
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                where = "is a file" if part == path else f"is inside {part}, a file"
+                raise ConfigError(f"config key '{key}': {path} {where}, not a folder")
+            return
 
 
 def _cuda_available() -> bool:

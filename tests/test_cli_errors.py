@@ -289,3 +289,28 @@ def test_head_weight_for_an_intent_the_data_lacks_is_refused(tiny_cfg) -> None:
         ConfigError, match=r"'loss.head_weights': unknown intent\(s\) \['gnere'\]; intents of"
     ):
         train_run(tiny_cfg("loss.head_weights.gnere=2.0"))
+
+
+def test_out_dir_or_cache_dir_that_is_a_file_is_refused(tiny_cfg, tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(ConfigError, match=rf"config key 'out_dir': {afile} is a file, not a"):
+        train_run(tiny_cfg(f"out_dir={afile}"))
+    inside = afile / "cache"
+    with pytest.raises(
+        ConfigError, match=rf"'data.cache_dir': {inside} is inside {afile}, a file, not a folder"
+    ):
+        preflight.preflight(tiny_cfg(f"data.cache_dir={inside}"), train=False)
+
+
+def test_evaluate_out_that_is_a_directory_fails_before_evaluating(
+    trained_run: TrainedRun, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
+    import intentrec.train
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("evaluated before checking --out")
+
+    monkeypatch.setattr(intentrec.train, "evaluate_checkpoint", no_evaluation)
+    assert cli.main(["evaluate", str(trained_run.best_ckpt), "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path}: is a directory" in one_line_error(capsys)
