@@ -146,6 +146,7 @@ def _positive_int(value: Any) -> bool:
 def _lightning_world_size(cfg: DictConfig) -> int:
     """Let Lightning resolve accelerator, devices, strategy, nodes and precision (no launch)."""
     import pytorch_lightning as pl
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
     tcfg = cfg.trainer
     settings = {key: tcfg[key] for key in TRAINER_KEYS}
@@ -164,9 +165,8 @@ def _lightning_world_size(cfg: DictConfig) -> int:
                 enable_progress_bar=False,
                 enable_model_summary=False,
             )
-    except (ValueError, TypeError, RuntimeError, ImportError) as err:
-        # MisconfigurationException is a ValueError; a missing optional package
-        # (deepspeed, torch_xla) an ImportError.
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError, ImportError) as err:
+        # ImportError: an optional package a strategy or precision needs (torch_xla, ...).
         first = _first_line(err)
         key = next((k for hint, k in _KEY_HINTS if hint in first), None)
         named = f"config key 'trainer.{key}'" if key else "config keys 'trainer.*'"

@@ -314,3 +314,15 @@ def test_evaluate_out_that_is_a_directory_fails_before_evaluating(
     monkeypatch.setattr(intentrec.train, "evaluate_checkpoint", no_evaluation)
     assert cli.main(["evaluate", str(trained_run.best_ckpt), "--out", str(tmp_path)]) == 2
     assert f"--out {tmp_path}: is a directory" in one_line_error(capsys)
+
+
+def test_lightning_misconfiguration_is_a_config_error(tiny_cfg) -> None:
+    # MisconfigurationException is no ValueError: DeepSpeed is not installed here.
+    try:
+        import deepspeed  # noqa: F401
+
+        pytest.skip("deepspeed is installed")
+    except ImportError:
+        pass
+    with pytest.raises(ConfigError, match="config key 'trainer.strategy': Lightning refuses"):
+        preflight.preflight(tiny_cfg("trainer.strategy=deepspeed"))
