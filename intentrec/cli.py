@@ -51,10 +51,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from intentrec.experiment import load_experiment, run_experiment
 
     if args.single:
+        from intentrec.preflight import preflight
         from intentrec.sweep import replace_finished_run, resolve_single_run
         from intentrec.train import train_run
 
         cfg = resolve_single_run(args.experiment, list(args.overrides))
+        preflight(cfg)  # a run that cannot start leaves a finished one as it was
         replace_finished_run(cfg)
         metrics = train_run(cfg)
         print(json.dumps(metrics, indent=2))

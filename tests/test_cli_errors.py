@@ -326,3 +326,18 @@ def test_lightning_misconfiguration_is_a_config_error(tiny_cfg) -> None:
         pass
     with pytest.raises(ConfigError, match="config key 'trainer.strategy': Lightning refuses"):
         preflight.preflight(tiny_cfg("trainer.strategy=deepspeed"))
+
+
+def test_single_that_cannot_start_leaves_the_finished_run_alone(
+    tmp_path: Path, tiny_cache: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from intentrec.sweep import resolve_single_run
+
+    path = tmp_path / "one.yaml"
+    path.write_text(ONE_RUN_EXPERIMENT)
+    folder = run_dir(resolve_single_run(path, tiny_overrides(tmp_path / "runs", tiny_cache)))
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text("{}")
+    assert train_single(tmp_path, tiny_cache, "trainer.devices=3") == 2
+    assert "'data.batch_size'" in one_line_error(capsys)
+    assert (folder / "metrics.json").is_file()
