@@ -2,8 +2,10 @@
 
 Every run is described by a :class:`RunConfig`. Experiment YAML files state only what
 differs from ``experiments/defaults.yaml``; command-line overrides are ``key=value``
-strings (OmegaConf dotlist). Unknown keys, wrong types and invalid choices fail at load
-time with the dotted path of the key and, for choices, the valid values.
+strings (OmegaConf dotlist). Unknown keys, wrong types, invalid choices and numbers out of
+range (the ``RANGES`` table) fail at load time with the dotted path of the key and what it
+must be, e.g. ``config key 'model.dropout': must be in [0, 1), got 1.5``. Checks that need
+torch or this machine (accelerator, devices, world size) are in ``intentrec.preflight``.
 """
 
 from __future__ import annotations
