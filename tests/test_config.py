@@ -306,3 +306,23 @@ def test_out_of_range_value_through_the_cli_is_one_line_exit_2(capsys) -> None:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "config key 'model.dropout': must be in [0, 1), got 1.5" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        (
+            "variants:\n  base: {}\n  big:\n    model.dropout: 1.5\n",
+            r"exp.yaml: variant 'big': config key 'model.dropout': must be in \[0, 1\), got 1.5",
+        ),
+        (
+            "variants:\n  base: {}\ngrid:\n  loss.intent_weight: [0.5, -1]\n",
+            r"variant 'base\+intent_weight=-1': config key 'loss.intent_weight': must be >= 0",
+        ),
+    ],
+)
+def test_out_of_range_values_in_experiment_files_name_the_variant(
+    tmp_path: Path, text: str, pattern: str
+) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        load_experiment(write(tmp_path, "seeds: [0]\n" + text), [])
