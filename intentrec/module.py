@@ -74,6 +74,14 @@ class IntentRecModule(pl.LightningModule):
                 f"this data: {list(self.intent_specs)}"
             )
         self.head_names: list[str] = list(getattr(self.model, "intent_names", []))
+        monitor = str(self.cfg.trainer.monitor)
+        if monitor.startswith(("val/intent/", "val/head_weight/")):
+            head = monitor.split("/")[2]
+            if head not in self.head_names:  # early stopping would fail after an epoch
+                raise ConfigError(
+                    f"config key 'trainer.monitor': {monitor!r} needs the intent head "
+                    f"{head!r}; this model's heads: {self.head_names}"
+                )
 
         # Sampling distribution for sampled item losses (popularity^alpha over train targets).
         if counts is None:

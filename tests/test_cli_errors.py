@@ -341,3 +341,10 @@ def test_single_that_cannot_start_leaves_the_finished_run_alone(
     assert train_single(tmp_path, tiny_cache, "trainer.devices=3") == 2
     assert "'data.batch_size'" in one_line_error(capsys)
     assert (folder / "metrics.json").is_file()
+
+
+def test_monitor_on_an_intent_head_the_model_lacks_is_refused(tiny_cfg) -> None:
+    with pytest.raises(
+        ConfigError, match=r"'trainer.monitor': 'val/intent/genre/accuracy' needs the intent head"
+    ):
+        train_run(tiny_cfg("model.name=sasrec", "trainer.monitor=val/intent/genre/accuracy"))
