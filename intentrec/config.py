@@ -326,8 +326,9 @@ UNIT = Range(0, 1)  # [0, 1]
 MAX_SEED = 2**32 - 1  # numpy / Lightning seed_everything bound
 
 # Every numeric config value, with what it must be. Keys absent here are choices
-# (_CHOICES), booleans, strings, or checked against each other in validate()
-# (data.train_stride, data.eval_stride, model.n_heads divides model.d_model).
+# (_CHOICES), booleans, strings, checked against each other in validate()
+# (data.train_stride, data.eval_stride, model.n_heads divides model.d_model), or checked
+# against this machine by intentrec.preflight (trainer.devices and the world size).
 RANGES: dict[str, Range | Each | Batches] = {
     "seed": Range(0, MAX_SEED),
     "data.seed": NON_NEGATIVE,
