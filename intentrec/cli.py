@@ -51,10 +51,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from intentrec.experiments import load_experiment, run_experiment
 
     if args.single:
-        from intentrec.experiments.sweep import resolve_single_run
+        from intentrec.experiments.sweep import replace_finished_run, resolve_single_run
+        from intentrec.preflight import preflight
         from intentrec.train import train_run
 
         cfg = resolve_single_run(args.experiment, list(args.overrides))
+        preflight(cfg)  # a run that cannot start leaves a finished one as it was
+        replace_finished_run(cfg)
         metrics = train_run(cfg)
         print(json.dumps(metrics, indent=2))
         return 0
@@ -79,11 +82,26 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from intentrec.train import evaluate_checkpoint
 
+    out = _output_file(args.out, "--out") if args.out else None  # before the evaluation
     metrics = evaluate_checkpoint(args.checkpoint, split=args.split, overrides=list(args.overrides))
     print(json.dumps(metrics, indent=2, sort_keys=True))
-    if args.out:
-        Path(args.out).write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
+
+
+def _output_file(value: str, flag: str) -> Path:
+    """``value`` as a file to write: refused when it is a folder or lies inside a file."""
+    path = Path(value)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a directory; give a file name inside it")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder")
+            break
+    return path
 
 
 def _cmd_sweep_export(args: argparse.Namespace) -> int:
@@ -91,7 +109,11 @@ def _cmd_sweep_export(args: argparse.Namespace) -> int:
     from intentrec.experiments.sweep import export_sweep
 
     exp = load_experiment(args.experiment, list(args.overrides))
-    out = Path(args.out) if args.out else Path(exp.runs[0][2].out_dir) / exp.name / "sweep.yaml"
+    out = (
+        _output_file(args.out, "--out")
+        if args.out
+        else Path(exp.runs[0][2].out_dir) / exp.name / "sweep.yaml"
+    )
     path = export_sweep(exp, out)
     print(f"sweep: {path}\nrun: wandb sweep {path} && wandb agent <entity/project/sweep_id>")
     return 0

@@ -3,12 +3,16 @@
 Every run is described by a :class:`RunConfig`; its dataclass defaults are the run defaults
 (the one source of each default value, sized so a run trains in minutes on 2 CPU cores).
 Experiment YAML files state only what differs; command-line overrides are ``key=value``
-strings (OmegaConf dotlist). Unknown keys, wrong types and invalid choices fail at load
-time with the dotted path of the key and, for choices, the valid values.
+strings (OmegaConf dotlist). Unknown keys, wrong types, invalid choices and numbers out of
+range (the ``RANGES`` table) fail at load time with the dotted path of the key and what it
+must be, e.g. ``config key 'model.dropout': must be in [0, 1), got 1.5``. Checks that need
+torch or this machine (accelerator, devices, world size) are in ``intentrec.preflight``.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,11 @@ DATASETS = ("synthetic", "ml-100k", "movielens", "logs")
 SPLITS = ("temporal", "leave_last_out", "random_user")
 MODELS = ("intentrec", "sasrec", "gru4rec")
 DURATION_WEIGHTS = ("none", "log1p", "linear")
+# Lightning's precision values ("32" etc. are its legacy spellings of "32-true" etc.).
+PRECISIONS = (
+    "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true",
+    "32", "16", "bf16", "64", "transformer-engine", "transformer-engine-float16",
+)  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -201,6 +210,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "optim.name": ("adamw", "adam", "adagrad"),
     "optim.schedule": ("cosine", "constant"),
     "logging.wandb_mode": ("offline", "online", "disabled"),
+    # Lightning's names; "gpu" is cuda (or mps on Apple silicon). Availability: preflight.
+    "trainer.accelerator": ("cpu", "gpu", "cuda", "mps", "auto"),
+    "trainer.precision": PRECISIONS,
 }
 
 
@@ -245,29 +257,224 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> DictConfig:
             ) from None
     for key, choices in _CHOICES.items():
         value = OmegaConf.select(parsed, key, default=None)
-        if value is not None and value not in choices:
+        # As merged into the schema's str field (YAML reads trainer.precision=32 as an int).
+        if value is not None and str(value) not in choices:
             raise ConfigError(
                 f"command line: config key '{key}': {value!r} is not one of {list(choices)}"
             )
     return parsed
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check choice-valued keys and simple ranges; raise ConfigError naming the key."""
+# ---------------------------------------------------------------------------------------
+# Ranges: one table, applied by validate()
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Range:
+    """An interval of allowed numbers; ``None`` = unbounded on that side.
+
+    ``str(Range(0, 1, high_open=True))`` is ``in [0, 1)``; ``str(Range(0, low_open=True))``
+    is ``> 0``. Infinities and NaN are never in a range.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return False
+        return True
+
+    def __str__(self) -> str:
+        low, high = _number(self.low), _number(self.high)
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {low}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {high}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{low}, {high}{right}"
+
+
+def _number(x: float | None) -> str:
+    return str(int(x)) if x is not None and float(x).is_integer() else f"{x}"
+
+
+@dataclass(frozen=True)
+class Each:
+    """A list whose every element (or a mapping whose every value) is in ``range``."""
+
+    range: Range
+    min_len: int = 0  # fewest elements (1 = non-empty)
+    length: int | None = None  # exactly this many elements
+    increasing: bool = False  # strictly increasing
+
+
+@dataclass(frozen=True)
+class Batches:
+    """Lightning's limit_*_batches: an int >= 1 (that many batches) or a fraction in (0, 1]."""
+
+    def __str__(self) -> str:
+        return "an int >= 1 (batches) or a float in (0, 1] (fraction of the batches)"
+
+
+POSITIVE = Range(0, low_open=True)  # > 0
+NON_NEGATIVE = Range(0)  # >= 0
+AT_LEAST_1 = Range(1)  # >= 1
+FRACTION = Range(0, 1, high_open=True)  # [0, 1): dropouts, split shares, smoothing, betas
+UNIT = Range(0, 1)  # [0, 1]
+MAX_SEED = 2**32 - 1  # numpy / Lightning seed_everything bound
+
+# Every numeric config value, with what it must be. Keys absent here are choices
+# (_CHOICES), booleans, strings, checked against each other in validate()
+# (data.train_stride, data.eval_stride, model.n_heads divides model.d_model), or checked
+# against this machine by intentrec.preflight (trainer.devices and the world size).
+RANGES: dict[str, Range | Each | Batches] = {
+    "seed": Range(0, MAX_SEED),
+    "data.seed": NON_NEGATIVE,
+    "data.synthetic.users": AT_LEAST_1,
+    "data.synthetic.items": AT_LEAST_1,
+    "data.synthetic.events_per_user": AT_LEAST_1,
+    "data.synthetic.days": AT_LEAST_1,
+    "data.synthetic.genres": AT_LEAST_1,
+    "data.synthetic.show_fraction": UNIT,
+    "data.synthetic.zipf": NON_NEGATIVE,
+    "data.val_fraction": FRACTION,
+    "data.test_fraction": FRACTION,
+    "data.session_gap_s": POSITIVE,
+    # A user's first event is only an input (never a target): one event gives nothing.
+    "data.min_user_events": Range(2),
+    "data.release_buckets_days": Each(POSITIVE, min_len=1, increasing=True),
+    "data.max_len": Range(2),
+    "data.batch_size": POSITIVE,
+    "data.eval_batch_size": POSITIVE,
+    "data.num_workers": NON_NEGATIVE,
+    "model.d_model": POSITIVE,
+    "model.n_layers": AT_LEAST_1,
+    "model.n_heads": AT_LEAST_1,
+    "model.dropout": FRACTION,
+    "model.feature_dim": POSITIVE,
+    "model.short_term_window_s": POSITIVE,
+    "model.short_term_layers": AT_LEAST_1,
+    "model.intent_proj_dim": POSITIVE,
+    "model.gru_embedding": NON_NEGATIVE,  # 0 = no separate embedding
+    "model.gru_dropout_embed": FRACTION,
+    "model.gru_dropout_hidden": FRACTION,
+    "model.gru_n_sample": AT_LEAST_1,
+    "model.gru_sample_alpha": NON_NEGATIVE,
+    "model.gru_logq": NON_NEGATIVE,
+    "loss.intent_weight": NON_NEGATIVE,
+    "loss.head_weights": Each(NON_NEGATIVE),
+    "loss.num_negatives": AT_LEAST_1,
+    "loss.label_smoothing": FRACTION,
+    "optim.lr": POSITIVE,
+    "optim.weight_decay": NON_NEGATIVE,
+    "optim.betas": Each(FRACTION, length=2),
+    "optim.momentum": FRACTION,
+    "optim.warmup_steps": NON_NEGATIVE,
+    "optim.grad_clip": NON_NEGATIVE,  # 0 = no clipping
+    "trainer.max_epochs": AT_LEAST_1,
+    "trainer.num_nodes": AT_LEAST_1,
+    "trainer.patience": NON_NEGATIVE,
+    "trainer.check_val_every_n_epoch": AT_LEAST_1,
+    "trainer.log_every_n_steps": AT_LEAST_1,
+    "trainer.limit_train_batches": Batches(),
+    "trainer.limit_val_batches": Batches(),
+    "trainer.limit_test_batches": Batches(),
+    "eval.ks": Each(AT_LEAST_1, min_len=1),
+    "eval.chunk_size": AT_LEAST_1,
+}
+
+
+def _range_problem(key: str, rule: Range | Each | Batches, value: Any) -> str | None:
+    """Why ``value`` breaks ``rule`` (a message naming the key or its element), else None."""
+    if isinstance(rule, Range):
+        if value in rule:
+            return None
+        return f"config key '{key}': must be {rule}, got {value!r}"
+    if isinstance(rule, Batches):
+        number = not isinstance(value, bool) and isinstance(value, int | float)
+        if number and (
+            value >= 1 if isinstance(value, int) else value in Range(0, 1, low_open=True)
+        ):
+            return None
+        return f"config key '{key}': must be {rule}, got {value!r}"
+    items = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    if isinstance(items, dict):
+        for name, element in items.items():
+            if element not in rule.range:
+                return f"config key '{key}.{name}': must be {rule.range}, got {element!r}"
+        return None
+    if not isinstance(items, list):
+        return f"config key '{key}': must be a list, got {items!r}"
+    if len(items) < rule.min_len:
+        size = "a non-empty list" if rule.min_len == 1 else f"at least {rule.min_len} elements"
+        return f"config key '{key}': must be {size}, got {items!r}"
+    if rule.length is not None and len(items) != rule.length:
+        return f"config key '{key}': must have {rule.length} elements, got {items!r}"
+    for i, element in enumerate(items):
+        if element not in rule.range:
+            return f"config key '{key}[{i}]': must be {rule.range}, got {element!r}"
+    if rule.increasing and any(b <= a for a, b in zip(items, items[1:])):
+        return f"config key '{key}': must be strictly increasing, got {items!r}"
+    return None
+
+
+# Item metrics the module logs; trainer.monitor names one of them (or an intent metric).
+_ITEM_METRIC = re.compile(r"val/item/(hr|ndcg|mrr)@(\d+)")
+
+
+def _monitor_problem(cfg: DictConfig) -> str | None:
+    monitor, ks = str(cfg.trainer.monitor), [int(k) for k in cfg.eval.ks]
+    valid = f"item metrics: val/item/{{hr,ndcg,mrr}}@k with k in eval.ks {ks}, val/item/mrr"
+    if not monitor.startswith("val/"):
+        return f"config key 'trainer.monitor': {monitor!r} is not a validation metric; {valid}"
+    match = _ITEM_METRIC.fullmatch(monitor)
+    if match and int(match.group(2)) not in ks:
+        return f"config key 'trainer.monitor': {monitor!r} needs k={match.group(2)} in eval.ks {ks}"
+    if monitor.startswith("val/item/") and "=" not in monitor:
+        if not match and monitor != "val/item/mrr":
+            return f"config key 'trainer.monitor': {monitor!r} is not a logged metric; {valid}"
+    return None
+
+
+def validate(cfg: DictConfig, *, training: bool = True) -> None:
+    """Check choices, the ``RANGES`` table and keys that depend on each other.
+
+    Raises ConfigError naming the key, e.g. ``config key 'model.dropout': must be in
+    [0, 1), got 1.5``. ``training=False`` (evaluating a checkpoint) skips what only
+    training uses (``trainer.monitor``).
+    """
     for key, choices in _CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in choices:
             raise ConfigError(f"config key '{key}': {value!r} is not one of {list(choices)}")
-    if cfg.data.max_len < 2:
-        raise ConfigError("config key 'data.max_len': must be >= 2")
-    if cfg.data.train_stride is not None and not 1 <= cfg.data.train_stride <= cfg.data.max_len:
+    for key, rule in RANGES.items():
+        problem = _range_problem(key, rule, OmegaConf.select(cfg, key))
+        if problem:
+            raise ConfigError(problem)
+    data = cfg.data
+    if data.train_stride is not None and not 1 <= data.train_stride <= data.max_len:
         raise ConfigError("config key 'data.train_stride': must be in [1, data.max_len] or null")
-    if cfg.data.eval_stride < 1 or cfg.data.eval_stride > cfg.data.max_len:
+    if data.eval_stride < 1 or data.eval_stride > data.max_len:
         raise ConfigError("config key 'data.eval_stride': must be in [1, data.max_len]")
-    if not (0 <= cfg.data.val_fraction < 1 and 0 <= cfg.data.test_fraction < 1):
-        raise ConfigError("config key 'data.val_fraction'/'data.test_fraction': must be in [0, 1)")
+    if data.split != "leave_last_out" and data.val_fraction + data.test_fraction >= 1:
+        raise ConfigError(
+            f"config keys 'data.val_fraction' + 'data.test_fraction': must be < 1 (the rest "
+            f"is training data), got {data.val_fraction} + {data.test_fraction}"
+        )
     if cfg.model.d_model % cfg.model.n_heads:
         raise ConfigError("config key 'model.n_heads': must divide model.d_model")
+    if training:
+        problem = _monitor_problem(cfg)
+        if problem:
+            raise ConfigError(problem)
 
 
 # Keys whose default changed after runs were saved without them: the value such a saved

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from intentrec import batch as B
-from intentrec.config import saved_config
+from intentrec.config import ConfigError, saved_config
 from intentrec.data.schema import DataSchema, IntentSpec
 from intentrec.metrics import (
     MultiLabelIntentMetrics,
@@ -66,8 +66,22 @@ class IntentRecModule(pl.LightningModule):
         self.schema = DataSchema.from_dict(schema_dict)
         self.model = build_model(self.cfg.model, self.schema, self.cfg.data.max_len)
         self.intent_specs = {spec.name: spec for spec in self.schema.intents}
+        unknown = sorted(set(self.cfg.loss.head_weights) - set(self.intent_specs))
+        if unknown:  # a typo would silently leave the weight at 1
+            raise ConfigError(
+                f"config key 'loss.head_weights': unknown intent(s) {unknown}; intents of "
+                f"this data: {list(self.intent_specs)}"
+            )
         self.head_names: list[str] = list(getattr(self.model, "intent_names", []))
         self.item_objective = self.model.item_loss(self.cfg.loss)
+        monitor = str(self.cfg.trainer.monitor)
+        if monitor.startswith(("val/intent/", "val/head_weight/")):
+            head = monitor.split("/")[2]
+            if head not in self.head_names:  # early stopping would fail after an epoch
+                raise ConfigError(
+                    f"config key 'trainer.monitor': {monitor!r} needs the intent head "
+                    f"{head!r}; this model's heads: {self.head_names}"
+                )
 
         # Sampling distribution for sampled item losses (popularity^alpha over train targets).
         if counts is None:

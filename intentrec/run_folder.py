@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import zipfile
 from pathlib import Path
 
@@ -113,3 +114,9 @@ def read_per_target(cfg: DictConfig, stage: str = "test") -> dict[str, np.ndarra
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
         log.warning("%s: unreadable (%s); no interval from this run", path, err)
         return None
+
+
+def is_global_zero() -> bool:
+    # Lightning's DDP launcher re-executes the command in child processes; only rank 0
+    # writes summaries (the children still loop over the runs so each run is trained once).
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))

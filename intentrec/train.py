@@ -38,6 +38,7 @@ from intentrec.config import to_flat_dict
 from intentrec.datamodule import IntentRecDataModule
 from intentrec.metrics import RankingMetrics
 from intentrec.module import STAGES, IntentRecModule
+from intentrec.preflight import load_checkpoint, preflight
 from intentrec.run_folder import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -209,6 +210,7 @@ def train_run(
     ``extra_callbacks`` join the trainer's (a tuner's pruning callback); ``evaluate_test=False``
     skips the test pass (tuning trials: their numbers must come from validation only).
     """
+    preflight(cfg)  # bad trainer/DDP settings fail here, before a run folder exists
     out = run_dir(cfg)
     resume_from = resumable_checkpoint(cfg)
     if resume_from is not None:
@@ -320,9 +322,7 @@ def evaluate_checkpoint(
     if split not in ("val", "test"):
         raise ValueError(f"--split must be 'val' or 'test', not {split!r}")
     ckpt_path = Path(ckpt_path)
-    if not ckpt_path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
-    module = IntentRecModule.load_from_checkpoint(str(ckpt_path), map_location="cpu")
+    module = load_checkpoint(ckpt_path)  # a missing, foreign or broken file names its path
     cfg = module.cfg
     if overrides:
         cfg = merge(
@@ -331,7 +331,7 @@ def evaluate_checkpoint(
             parse_overrides(overrides),
             source="command line",
         )
-        validate(cfg)
+        validate(cfg, training=False)
         saved = to_flat_dict(module.cfg)
         for key, value in to_flat_dict(cfg).items():
             if key in saved and saved[key] != value and not key.startswith(EVAL_OVERRIDABLE):
@@ -342,6 +342,7 @@ def evaluate_checkpoint(
                 )
     if trainer_overrides:
         cfg = merge(cfg, {"trainer": trainer_overrides})
+    preflight(cfg, train=False)
     # Evaluation-only settings may change; the model and data must be the checkpoint's.
     if list(cfg.eval.ks) != list(module.cfg.eval.ks):
         module.ranking = torch.nn.ModuleDict(

@@ -170,3 +170,160 @@ def test_experiment_files_say_what_the_paper_needs() -> None:
     quick = load_experiment("quickstart", [])
     assert quick.seeds == [0] and quick.runs[0].cfg.trainer.max_epochs <= 5
     assert {r.cfg.model.name for r in quick.runs} == {"intentrec", "sasrec"}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.batch_size=0", "config key 'data.batch_size': must be > 0, got 0"),
+        ("data.eval_batch_size=-8", "config key 'data.eval_batch_size': must be > 0, got -8"),
+        ("data.session_gap_s=0", "config key 'data.session_gap_s': must be > 0, got 0"),
+        ("data.min_user_events=1", "config key 'data.min_user_events': must be >= 2, got 1"),
+        ("data.num_workers=-1", "config key 'data.num_workers': must be >= 0, got -1"),
+        ("data.max_len=1", "config key 'data.max_len': must be >= 2, got 1"),
+        ("data.val_fraction=1.0", "config key 'data.val_fraction': must be in [0, 1), got 1.0"),
+        ("data.synthetic.users=0", "config key 'data.synthetic.users': must be >= 1, got 0"),
+        (
+            "data.synthetic.show_fraction=1.5",
+            "config key 'data.synthetic.show_fraction': must be in [0, 1], got 1.5",
+        ),
+        (
+            "data.release_buckets_days=[30,-1]",
+            "config key 'data.release_buckets_days[1]': must be > 0, got -1",
+        ),
+        (
+            "data.release_buckets_days=[180,30]",
+            "config key 'data.release_buckets_days': must be strictly increasing, got [180, 30]",
+        ),
+        (
+            "data.release_buckets_days=[]",
+            "config key 'data.release_buckets_days': must be a non-empty list, got []",
+        ),
+        ("model.d_model=0", "config key 'model.d_model': must be > 0, got 0"),
+        ("model.feature_dim=0", "config key 'model.feature_dim': must be > 0, got 0"),
+        ("model.intent_proj_dim=-4", "config key 'model.intent_proj_dim': must be > 0, got -4"),
+        # Range before divisibility: n_heads=0 used to raise ZeroDivisionError in validate.
+        ("model.n_heads=0", "config key 'model.n_heads': must be >= 1, got 0"),
+        ("model.n_layers=0", "config key 'model.n_layers': must be >= 1, got 0"),
+        ("model.short_term_layers=0", "config key 'model.short_term_layers': must be >= 1"),
+        ("model.short_term_window_s=0", "config key 'model.short_term_window_s': must be > 0"),
+        ("model.dropout=1.5", "config key 'model.dropout': must be in [0, 1), got 1.5"),
+        ("model.dropout=.nan", "config key 'model.dropout': must be in [0, 1), got nan"),
+        ("model.gru_dropout_embed=1", "config key 'model.gru_dropout_embed': must be in [0, 1)"),
+        ("model.gru_dropout_hidden=-0.1", "config key 'model.gru_dropout_hidden': must be in"),
+        ("model.gru_n_sample=0", "config key 'model.gru_n_sample': must be >= 1, got 0"),
+        ("optim.lr=0", "config key 'optim.lr': must be > 0, got 0.0"),
+        ("optim.lr=.inf", "config key 'optim.lr': must be > 0, got inf"),
+        ("optim.weight_decay=-1", "config key 'optim.weight_decay': must be >= 0"),
+        ("optim.grad_clip=-1", "config key 'optim.grad_clip': must be >= 0, got -1.0"),
+        ("optim.warmup_steps=-1", "config key 'optim.warmup_steps': must be >= 0, got -1"),
+        ("optim.betas=[0.9,1.0]", "config key 'optim.betas[1]': must be in [0, 1), got 1.0"),
+        ("optim.betas=[0.9]", "config key 'optim.betas': must have 2 elements, got [0.9]"),
+        ("optim.momentum=1", "config key 'optim.momentum': must be in [0, 1), got 1.0"),
+        ("loss.intent_weight=-1", "config key 'loss.intent_weight': must be >= 0, got -1.0"),
+        (
+            "loss.head_weights.genre=-0.5",
+            "config key 'loss.head_weights.genre': must be >= 0, got -0.5",
+        ),
+        ("loss.num_negatives=0", "config key 'loss.num_negatives': must be >= 1, got 0"),
+        ("loss.label_smoothing=1", "config key 'loss.label_smoothing': must be in [0, 1)"),
+        ("eval.ks=[]", "config key 'eval.ks': must be a non-empty list, got []"),
+        ("eval.ks=[0,10]", "config key 'eval.ks[0]': must be >= 1, got 0"),
+        ("eval.chunk_size=0", "config key 'eval.chunk_size': must be >= 1, got 0"),
+        ("trainer.max_epochs=0", "config key 'trainer.max_epochs': must be >= 1, got 0"),
+        ("trainer.patience=-1", "config key 'trainer.patience': must be >= 0, got -1"),
+        ("trainer.num_nodes=0", "config key 'trainer.num_nodes': must be >= 1, got 0"),
+        ("trainer.check_val_every_n_epoch=0", "'trainer.check_val_every_n_epoch': must be >= 1"),
+        ("trainer.log_every_n_steps=0", "config key 'trainer.log_every_n_steps': must be >= 1"),
+        ("trainer.limit_train_batches=0", "'trainer.limit_train_batches': must be an int >= 1"),
+        ("trainer.limit_val_batches=1.5", "'trainer.limit_val_batches': must be an int >= 1"),
+        ("trainer.limit_test_batches=abc", "or a float in (0, 1] (fraction of the batches), got"),
+        ("seed=-1", "config key 'seed': must be in [0, 4294967295], got -1"),
+        ("seed=4294967296", "config key 'seed': must be in [0, 4294967295], got 4294967296"),
+        ("data.seed=-1", "config key 'data.seed': must be >= 0, got -1"),
+        (
+            "trainer.monitor=val/item/ndcg@50",
+            "config key 'trainer.monitor': 'val/item/ndcg@50' needs k=50 in eval.ks [1, 5, 10, 20]",
+        ),
+        (
+            "trainer.monitor=train/loss",
+            "config key 'trainer.monitor': 'train/loss' is not a validation metric",
+        ),
+        ("trainer.monitor=val/item/ndgc@10", "'val/item/ndgc@10' is not a logged metric"),
+        (
+            "trainer.accelerator=tpu",
+            "config key 'trainer.accelerator': 'tpu' is not one of ['cpu', 'gpu', 'cuda', 'mps'",
+        ),
+        ("trainer.precision=31", "config key 'trainer.precision': 31 is not one of ['32-true'"),
+    ],
+)
+def test_out_of_range_values_fail_at_load_naming_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(overrides=[override])
+    assert message in str(info.value)
+
+
+def test_fractions_must_leave_training_data() -> None:
+    pattern = r"'data.val_fraction' \+ 'data.test_fraction': must be < 1 .* got 0.5 \+ 0.5"
+    with pytest.raises(ConfigError, match=pattern):
+        load(overrides=["data.val_fraction=0.5", "data.test_fraction=0.5"])
+    # leave_last_out ignores the fractions
+    load(overrides=["data.val_fraction=0.5", "data.test_fraction=0.5", "data.split=leave_last_out"])
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "trainer.precision=32",  # YAML reads 32 as an int; the str field holds "32"
+        "trainer.precision=bf16-mixed",
+        "trainer.accelerator=auto",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=0.5",
+        "trainer.monitor=val/item/mrr",
+        "trainer.monitor=val/intent/genre/acc",
+        "loss.intent_weight=0",
+        "model.gru_embedding=0",
+        "data.release_buckets_days=[7]",
+    ],
+)
+def test_in_range_edge_values_load(override: str) -> None:
+    load(overrides=[override])
+
+
+def test_validate_checks_merged_configs_too() -> None:
+    cfg = load()
+    cfg.model.n_layers = 0  # e.g. a config assembled in code rather than by load()
+    with pytest.raises(ConfigError, match="'model.n_layers': must be >= 1, got 0"):
+        validate(cfg)
+    cfg = load()
+    cfg.trainer.monitor = "val/item/ndcg@50"  # evaluation never monitors
+    validate(cfg, training=False)
+
+
+def test_out_of_range_value_through_the_cli_is_one_line_exit_2(capsys) -> None:
+    from intentrec.cli import main
+
+    assert main(["train", "quickstart", "--dry-run", "model.dropout=1.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "config key 'model.dropout': must be in [0, 1), got 1.5" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        (
+            "variants:\n  base: {}\n  big:\n    model.dropout: 1.5\n",
+            r"exp.yaml: variant 'big': config key 'model.dropout': must be in \[0, 1\), got 1.5",
+        ),
+        (
+            "variants:\n  base: {}\ngrid:\n  loss.intent_weight: [0.5, -1]\n",
+            r"variant 'base\+intent_weight=-1': config key 'loss.intent_weight': must be >= 0",
+        ),
+    ],
+)
+def test_out_of_range_values_in_experiment_files_name_the_variant(
+    tmp_path: Path, text: str, pattern: str
+) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        load_experiment(write(tmp_path, "seeds: [0]\n" + text), [])

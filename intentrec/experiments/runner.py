@@ -9,7 +9,6 @@ experiment.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -17,7 +16,13 @@ from omegaconf import DictConfig
 from intentrec.config import ConfigError
 from intentrec.experiments.report import summarize
 from intentrec.experiments.spec import Experiment
-from intentrec.run_folder import METRICS_FILE, config_changes, finished_metrics, run_dir
+from intentrec.run_folder import (
+    METRICS_FILE,
+    config_changes,
+    finished_metrics,
+    is_global_zero,
+    run_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +32,6 @@ def train_run(cfg: DictConfig) -> dict[str, float]:
     from intentrec import train
 
     return train.train_run(cfg)
-
-
-def _is_global_zero() -> bool:
-    # Lightning's DDP launcher re-executes the command in child processes; only rank 0
-    # writes summaries (the children still loop over the runs so each run is trained once).
-    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
 def run_experiment(exp: Experiment, *, dry_run: bool = False) -> Path:
@@ -88,8 +87,8 @@ def run_experiment(exp: Experiment, *, dry_run: bool = False) -> Path:
         except BaseException:
             log.error("%s failed; finished runs are kept: rerun the same command to resume", tag)
             raise
-        if finished_metrics(run.cfg) is None and _is_global_zero():
+        if finished_metrics(run.cfg) is None and is_global_zero():
             log.warning("%s: returned without writing %s", tag, METRICS_FILE)
-    if not _is_global_zero():
+    if not is_global_zero():
         return exp.summary_path
     return summarize(exp, console=console)

@@ -12,6 +12,7 @@ the same run folders and the experiment's summary picks them up.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +21,11 @@ from omegaconf import DictConfig
 
 from intentrec.config import ConfigError
 from intentrec.experiments.spec import Experiment, load_experiment
+from intentrec.run_folder import METRICS_FILE, is_global_zero, run_dir
+
+log = logging.getLogger(__name__)
+# A replaced run's metrics.json is kept under this name (the last replaced one only).
+PREVIOUS_METRICS_FILE = "metrics.previous.json"
 
 # "--single" precedes the experiment: argparse cannot take an optional flag between two
 # positional groups of the `train` sub-command (it rejects the trailing key=value words).
@@ -78,3 +84,25 @@ def resolve_single_run(exp_name: str | Path, overrides: Sequence[str]) -> DictCo
             f"{len(exp.runs)}; add {' '.join(n for n in need if n)}"
         )
     return exp.runs[0].cfg
+
+
+def replace_finished_run(cfg: DictConfig) -> None:
+    """Before a ``--single`` run: warn when its folder holds a finished run, and unmark it.
+
+    A wandb agent may be handed a run that is already finished (a rerun sweep, a local
+    ``intentrec train`` that got there first); it trains again and overwrites the folder.
+    The old ``metrics.json`` (the "finished" marker) is renamed to
+    ``metrics.previous.json`` first, so an interrupted rerun is not taken for finished.
+    Only rank 0 acts: DDP child processes re-run the command after it did.
+    """
+    folder = run_dir(cfg)
+    marker = folder / METRICS_FILE
+    if not marker.is_file() or not is_global_zero():
+        return
+    log.warning(
+        "--single overwrites the finished run at %s (its %s is kept as %s)",
+        folder,
+        METRICS_FILE,
+        PREVIOUS_METRICS_FILE,
+    )
+    marker.replace(folder / PREVIOUS_METRICS_FILE)

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from intentrec.config import MODELS
+from intentrec.config import MODELS, ConfigError
 from intentrec.data.schema import DataSchema
 from intentrec.models.gru4rec import GRU4Rec
 from intentrec.models.intentrec import IntentRec
@@ -53,7 +53,7 @@ def resolve_variant(model_cfg: Any) -> Any:
     if variant == "custom":
         return cfg
     if variant not in VARIANTS:
-        raise ValueError(
+        raise ConfigError(
             f"config key 'model.variant': {variant!r} is not one of {[*VARIANTS, 'custom']}"
         )
     for key, value in VARIANTS[variant].items():
@@ -70,4 +70,4 @@ def build_model(model_cfg: Any, schema: DataSchema, max_len: int) -> nn.Module:
         return SASRec(model_cfg, schema, max_len)
     if name == "gru4rec":
         return GRU4Rec(model_cfg, schema, max_len)
-    raise ValueError(f"config key 'model.name': {name!r} is not one of {list(MODELS)}")
+    raise ConfigError(f"config key 'model.name': {name!r} is not one of {list(MODELS)}")

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from intentrec.config import ConfigError
+
 SECONDS_PER_HOUR = 3600
 SECONDS_PER_DAY = 86400
 
@@ -151,7 +153,7 @@ class MultiHeadAttention(nn.Module):
     ):
         super().__init__()
         if d_model % n_heads:
-            raise ValueError(f"config key 'model.n_heads': {n_heads} does not divide {d_model}")
+            raise ConfigError(f"config key 'model.n_heads': {n_heads} does not divide {d_model}")
         self.n_heads = n_heads
         self.d_model = d_model
         self.dropout = dropout

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from intentrec import batch as B
+from intentrec.config import ConfigError
 from intentrec.data.schema import DataSchema
 
 
@@ -33,7 +34,7 @@ class FeatureEmbedding(nn.Module):
         super().__init__()
         unknown = sorted(set(exclude) - {spec.name for spec in schema.features})
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"config key 'model.exclude_features': unknown feature(s) {unknown}; "
                 f"valid names: {[spec.name for spec in schema.features]}"
             )

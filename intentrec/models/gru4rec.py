@@ -95,7 +95,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from intentrec import batch as B
-from intentrec.config import ModelConfig
+from intentrec.config import ConfigError, ModelConfig
 from intentrec.data.schema import DataSchema
 from intentrec.models.blocks import Dropout, left_padding_lengths
 from intentrec.models.item_loss import ItemLoss
@@ -118,7 +118,7 @@ def parse_final_activation(name: str) -> tuple[str, float]:
             return kind, float(param) if param else (1.0 if kind == "elu" else 0.01)
         except ValueError:
             pass
-    raise ValueError(
+    raise ConfigError(
         f"config key 'model.gru_final_act': {name!r} is not one of "
         "linear | tanh | relu | elu-<alpha> | leaky-<slope>"
     )
@@ -171,7 +171,7 @@ class GRU4Rec(nn.Module):
         self.name = "gru4rec"
         self.intent_names: list[str] = []
         if cfg.gru_loss not in ("ce", "sampled"):
-            raise ValueError(
+            raise ConfigError(
                 f"config key 'model.gru_loss': {cfg.gru_loss!r} is not one of ['ce', 'sampled']"
             )
         self.loss_name: str = cfg.gru_loss

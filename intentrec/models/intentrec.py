@@ -43,8 +43,8 @@ pre-LN GPT-style blocks with 4x GELU FFNs, item embedding size ``d_model``, cate
 embedding size ``feature_dim``, dropout after the input projection and inside the blocks,
 normal(0, 0.02) init of Linears and normal(0, 1/sqrt(dim)) of embeddings, gradients of
 the item loss flow into the intent predictor through ``Z_k`` (end-to-end hierarchical
-training), and with ``unit_norm_blocks`` (on in experiments/defaults.yaml, off in the schema
-so older checkpoints keep their behaviour) ``S_k`` and ``Z_k`` are brought to unit norm
+training), and with ``unit_norm_blocks`` (on by default; checkpoints saved before the key
+existed keep raw blocks, see ``config.CHECKPOINT_COMPAT``) ``S_k`` and ``Z_k`` are brought to unit norm
 before they are concatenated with ``F_k`` (see ``_block``).
 """
 
@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from intentrec import batch as B
-from intentrec.config import ModelConfig
+from intentrec.config import ConfigError, ModelConfig
 from intentrec.data.schema import DataSchema, IntentSpec
 from intentrec.models.blocks import (
     Dropout,
@@ -79,11 +79,11 @@ def select_intent_heads(intent_heads: list[str] | None, schema: DataSchema) -> l
     wanted = list(intent_heads)
     unknown = [name for name in wanted if name not in valid]
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"config key 'model.intent_heads': unknown intent(s) {unknown}; valid names: {valid}"
         )
     if len(set(wanted)) != len(wanted):
-        raise ValueError(f"config key 'model.intent_heads': duplicate names in {wanted}")
+        raise ConfigError(f"config key 'model.intent_heads': duplicate names in {wanted}")
     return [spec for spec in schema.intents if spec.name in wanted]
 
 

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from intentrec import batch as B
-from intentrec.config import ModelConfig
+from intentrec.config import ConfigError, ModelConfig
 from intentrec.data.schema import DataSchema
 from intentrec.models.blocks import (
     Dropout,
@@ -82,7 +82,7 @@ class SASRec(nn.Module):
         self.name = "sasrec"
         self.intent_names: list[str] = []
         if cfg.sasrec_loss not in ("ce", "bce"):
-            raise ValueError(
+            raise ConfigError(
                 f"config key 'model.sasrec_loss': {cfg.sasrec_loss!r} is not one of ['ce', 'bce']"
             )
         self.loss_name: str = cfg.sasrec_loss  # ce | bce
