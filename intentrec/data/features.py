@@ -27,10 +27,10 @@ from intentrec.data.schema import (
     EVENT_REQUIRED,
     ITEM_OPTIONAL,
     ITEM_REQUIRED,
+    KNOWN_INTENTS,
     FeatureSpec,
     IntentSpec,
 )
-from intentrec.data.validate import KNOWN_INTENTS  # intent name -> (table, column)
 
 log = logging.getLogger(__name__)
 

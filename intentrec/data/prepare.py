@@ -41,9 +41,11 @@ from intentrec.data.features import (
     intent_labels,
     target_weights,
 )
-from intentrec.data.recipes import RawTables
+from intentrec.data.raw import RawTables
+from intentrec.data.recipes import load_raw  # recipe modules themselves load lazily
 from intentrec.data.schema import HIDDEN_COLUMNS, DataSchema
 from intentrec.data.splits import SPLIT_NAMES, assign_splits, iso
+from intentrec.data.validate import validate_tables
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +131,8 @@ def prepare(data_cfg: Any, raw: RawTables | None = None) -> Prepared:
     """
     timer = _Timer()
     if raw is None:
-        from intentrec.data.recipes import load_raw  # lazy: recipes may load big files
-
         raw = load_raw(data_cfg)
     else:
-        from intentrec.data.validate import validate_tables
-
         raw = validate_tables(raw, raw.source or raw.name)
     timer.lap("load")
     hidden = _hidden_columns(raw)

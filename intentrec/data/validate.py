@@ -15,19 +15,11 @@ import logging
 import polars as pl
 
 from intentrec.data.errors import DataError
-from intentrec.data.recipes import RawTables
-from intentrec.data.schema import EVENT_REQUIRED, ITEM_REQUIRED
+from intentrec.data.raw import RawTables
+from intentrec.data.schema import EVENT_REQUIRED, ITEM_REQUIRED, KNOWN_INTENTS
 
 log = logging.getLogger(__name__)
 
-# Intents with a fixed meaning and the (table, column) each is derived from.
-KNOWN_INTENTS: dict[str, tuple[str, str]] = {
-    "action_type": ("events", "action_type"),
-    "genre": ("items", "genres"),
-    "kind": ("items", "kind"),
-    "release_bucket": ("items", "release_ts"),
-    "engagement": ("events", "rating"),
-}
 # Epoch seconds past this (year ~5138) are almost certainly milliseconds or microseconds.
 _MAX_EPOCH_SECONDS = 100_000_000_000
 _ID_COLUMNS = ("user_id", "item_id")

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from intentrec.data.errors import DataError
-from intentrec.data.recipes import RawTables
+from intentrec.data.raw import RawTables
 from intentrec.data.validate import validate_tables
 
 SOURCE = "/data/events.csv"

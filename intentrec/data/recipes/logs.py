@@ -33,7 +33,7 @@ import polars as pl
 import yaml
 
 from intentrec.data.errors import DataError
-from intentrec.data.recipes import RawTables
+from intentrec.data.raw import RawTables
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ import polars as pl
 
 from intentrec.config import SyntheticConfig
 from intentrec.data.errors import DataError
-from intentrec.data.recipes import RawTables
+from intentrec.data.raw import RawTables
 
 START_TS = 1_704_067_200  # 2024-01-01T00:00:00Z, first possible event
 DAY_S = 86_400
