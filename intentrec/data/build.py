@@ -3,9 +3,11 @@
 ``prepare.prepare`` computes the fingerprint and, when no complete cache exists, calls
 :func:`build`, which runs these steps top to bottom (each returns what the next needs):
 
-1. :func:`_keep_users` drops users with fewer than ``data.min_user_events`` events;
+1. :func:`_keep_users` drops exact duplicate event rows (``prepare.duplicate_rows``, the
+   first is kept) and then users with fewer than ``data.min_user_events`` events;
 2. :func:`_encode_ids` gives users and items ids 1..N in sorted order of their original
-   ids (0 = padding); the catalogue is the set of items of the kept events;
+   ids (0 = padding); the catalogue is the set of items of the kept events: items-table
+   rows no kept event uses are left out (counted), so full ranking never scores them;
 3. :func:`_sort_events` puts the events in the **total order** used everywhere for
    "before / after": user, then timestamp, ties broken by the input row (stable);
 4. :func:`_sessionise`: a session starts at a user's first event and after a gap
@@ -51,17 +53,19 @@ def build(
     user_distinct: pl.Series,
     item_raw: np.ndarray,
     item_distinct: pl.Series,
+    duplicate: np.ndarray,
     digest: str,
     lap: Callable[[str], None],
 ) -> tuple[dict[str, np.ndarray], dict[str, pl.DataFrame], DataSchema, dict[str, Any]]:
     """The cache's arrays, tables, schema and stats, built by the steps below in order.
 
     user_raw/item_raw: each input event's code 1..K among user_distinct/item_distinct (the
-    sorted distinct ids, ``prepare.dense_codes``); digest: the fingerprint; lap(step):
+    sorted distinct ids, ``prepare.dense_codes``); duplicate: bool per input event, True
+    for a row that repeats an earlier one exactly; digest: the fingerprint; lap(step):
     called after each timed step.
     """
     source = raw.source or raw.name
-    kept = _keep_users(raw.events.height, user_raw, user_distinct, data_cfg, source)
+    kept = _keep_users(user_raw, user_distinct, duplicate, data_cfg, source)
     ids = _encode_ids(raw.items, kept, user_distinct, item_raw, item_distinct, source)
     ordered = _sort_events(raw.events["timestamp"].to_numpy(), kept, ids, user_raw, item_raw)
     lap("sort")
@@ -91,19 +95,32 @@ class _KeptUsers:
     min_events: int
     keep: np.ndarray  # bool [U_raw + 1]; keep[0] (padding) is False
     rows: np.ndarray  # int [n] input rows of the kept events, ascending
+    duplicate_events: int  # exact duplicate rows dropped (the first of each kept)
     dropped_users: int
-    dropped_events: int
+    dropped_events: int  # non-duplicate events of the dropped users
 
 
 def _keep_users(
-    num_rows: int, user_raw: np.ndarray, user_distinct: pl.Series, data_cfg: Any, source: str
+    user_raw: np.ndarray,
+    user_distinct: pl.Series,
+    duplicate: np.ndarray,
+    data_cfg: Any,
+    source: str,
 ) -> _KeptUsers:
-    """Step 1: drop users with fewer than ``data.min_user_events`` events (counted, logged).
+    """Step 1: drop exact duplicate rows, then users with fewer than ``data.min_user_events``
+    events (both counted and logged); a user's count excludes their duplicates.
 
     Nothing else is dropped here. Raises DataError when no user is left.
     """
+    num_rows = user_raw.size
+    duplicates = int(duplicate.sum())
+    if duplicates:
+        log.info("%s: dropped %d exact duplicate event rows (first kept)", source, duplicates)
+        counted = user_raw[~duplicate]
+    else:
+        counted = user_raw
     min_events = int(data_cfg.min_user_events)
-    per_raw_user = np.bincount(user_raw, minlength=user_distinct.len() + 1)  # [U_raw + 1]
+    per_raw_user = np.bincount(counted, minlength=user_distinct.len() + 1)  # [U_raw + 1]
     keep_user = per_raw_user >= max(min_events, 1)
     keep_user[0] = False
     dropped_users = int(user_distinct.len() - keep_user.sum())
@@ -119,10 +136,14 @@ def _keep_users(
     if not keep_user.any():
         raise DataError(
             f"{source}: no user has >= {min_events} events (data.min_user_events); "
-            f"{user_distinct.len()} users, {num_rows} events"
+            f"{user_distinct.len()} users, {num_rows - duplicates} events"
+            + (f" after dropping {duplicates} exact duplicates" if duplicates else "")
         )
-    rows = np.arange(num_rows) if not dropped_users else np.flatnonzero(keep_user[user_raw])
-    return _KeptUsers(min_events, keep_user, rows, dropped_users, dropped_events)
+    if dropped_users or duplicates:
+        rows = np.flatnonzero(keep_user[user_raw] & ~duplicate)
+    else:
+        rows = np.arange(num_rows)
+    return _KeptUsers(min_events, keep_user, rows, duplicates, dropped_users, dropped_events)
 
 
 @dataclass
@@ -356,8 +377,11 @@ def _stats(
 ) -> dict[str, Any]:
     """Step 7c: stats.json: counts, time span, what was dropped, splits, weights, intents."""
     dropped = {f"recipe/{k}": int(v) for k, v in raw.dropped.items()}
+    dropped["duplicate_events"] = kept.duplicate_events
     dropped["users_below_min_events"] = kept.dropped_users
     dropped["events_of_users_below_min_events"] = kept.dropped_events
+    # Items-table rows no kept event uses: not in the catalogue, so never scored.
+    dropped["items_without_kept_events"] = raw.items.height - ids.num_items
     if feats.genres is not None:
         dropped["genre_input_truncated_items"] = feats.genres.truncated_items
     timestamp = ordered.timestamp

@@ -83,6 +83,41 @@ def dense_codes(ids: pl.Series) -> tuple[np.ndarray, pl.Series]:
     return codes["code"].to_numpy().astype(np.int64), distinct
 
 
+def duplicate_rows(events: pl.DataFrame, user: np.ndarray, item: np.ndarray) -> np.ndarray:
+    """bool [n]: rows equal in every column to an earlier row (exact duplicate events).
+
+    user/item: the rows' id codes. Only rows sharing (user, timestamp) with another row
+    are candidates (found in O(n) when the rows are already in (user, time) order, as
+    logs usually are); those sharing (user, item, timestamp) are compared on all columns.
+    """
+    n = events.height
+    duplicate = np.zeros(n, dtype=bool)
+    if n < 2:
+        return duplicate
+    timestamp = events["timestamp"].to_numpy()
+    low = int(timestamp.min())
+    if int(timestamp.max()) - low < (1 << 32) and int(user.max()) < (1 << 31):
+        key = (user.astype(np.int64) << 32) | (timestamp - low)  # [n] (user, time)
+        if bool(np.all(key[1:] >= key[:-1])):
+            tie = key[1:] == key[:-1]
+            candidate = np.zeros(n, dtype=bool)
+            candidate[1:] |= tie
+            candidate[:-1] |= tie
+        else:
+            candidate = pl.Series(key).is_duplicated().to_numpy()
+    else:
+        keys = pl.DataFrame({"user": user, "timestamp": timestamp})
+        candidate = keys.is_duplicated().to_numpy()
+    rows = np.flatnonzero(candidate)
+    if rows.size:
+        keys = pl.DataFrame({"user": user[rows], "item": item[rows], "t": timestamp[rows]})
+        rows = rows[keys.is_duplicated().to_numpy()]
+    if rows.size:
+        first = events[rows].select(pl.struct(pl.all()).is_first_distinct()).to_series()
+        duplicate[rows[~first.to_numpy()]] = True
+    return duplicate
+
+
 def _hidden_columns(raw: RawTables) -> frozenset[str]:
     """Declared hidden columns plus any canonical hidden name present (never features)."""
     present = set(raw.events.columns) | set(raw.items.columns)
@@ -108,6 +143,8 @@ def prepare(data_cfg: Any, raw: RawTables | None = None) -> Prepared:
     events = raw.events
     user_raw, user_distinct = dense_codes(events["user_id"])  # [n_raw] codes 1..U_raw
     item_raw, item_distinct = dense_codes(events["item_id"])  # [n_raw] codes 1..I_raw
+    duplicate = duplicate_rows(events, user_raw, item_raw)  # [n_raw] dropped by build
+    duplicates = int(duplicate.sum())
     timer.lap("encode")
     digest = fingerprint(
         {"events": events, "items": raw.items},
@@ -118,6 +155,9 @@ def prepare(data_cfg: Any, raw: RawTables | None = None) -> Prepared:
             "weight_column": raw.weight_column,
             "hidden": sorted(hidden),
             "recipe_dropped": raw.dropped,
+            # Only when there are any, so caches of clean data keep their fingerprint;
+            # caches built before duplicates were dropped are not reused for such data.
+            **({"duplicate_events_dropped": duplicates} if duplicates else {}),
         },
         id_codes={
             "events.user_id": (user_raw, user_distinct),
@@ -136,7 +176,16 @@ def prepare(data_cfg: Any, raw: RawTables | None = None) -> Prepared:
             seconds=timer.seconds,
         )
     arrays, tables, schema, stats = build(
-        raw, data_cfg, hidden, user_raw, user_distinct, item_raw, item_distinct, digest, timer.lap
+        raw,
+        data_cfg,
+        hidden,
+        user_raw,
+        user_distinct,
+        item_raw,
+        item_distinct,
+        duplicate,
+        digest,
+        timer.lap,
     )
     write_cache(path, arrays, tables, schema, stats)
     timer.lap("write")
@@ -175,6 +224,7 @@ def format_summary(prepared: Prepared, top_classes: int = 5) -> str:
     lines.append(
         "dropped      " + (", ".join(f"{k}={v:,}" for k, v in dropped.items()) or "nothing")
     )
+    lines.append(_catalogue_line(s))
     weight = s["weight"]
     lines.append(
         f"weights      {weight['mode']}"
@@ -197,6 +247,18 @@ def format_summary(prepared: Prepared, top_classes: int = 5) -> str:
         )
     lines.append(f"fingerprint  {s['fingerprint']}")
     return "\n".join(lines)
+
+
+def _catalogue_line(stats: dict[str, Any]) -> str:
+    """Which items full ranking scores, and how many items-table rows it leaves out."""
+    line = (
+        f"catalogue    {stats['num_items']:,} items scored in full ranking (those with kept events)"
+    )
+    unused = stats["dropped"].get("items_without_kept_events", 0)
+    if unused:
+        rows = "row" if unused == 1 else "rows"
+        line += f"; {unused:,} items-table {rows} without kept events left out, not scored"
+    return line
 
 
 def _split_boundaries(split: dict[str, Any]) -> str:
