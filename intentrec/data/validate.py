@@ -255,16 +255,16 @@ def _check_no_nulls(frame: pl.DataFrame, table: str, columns: tuple[str, ...], s
 def _check_event_times(events: pl.DataFrame, source: str) -> None:
     """Event times in [1970-01-01, 2100-01-01): count and the first offending value."""
     timestamp = events["timestamp"]
-    for bad, what in (
-        (timestamp < _FIRST_EVENT_TS, "before 1970-01-01 (negative epoch seconds)"),
-        (timestamp >= _END_EVENT_TS, "from 2100-01-01 on (not logged events; a wrong unit?)"),
+    for bad, when, why in (
+        (timestamp < _FIRST_EVENT_TS, "before 1970-01-01", "negative epoch seconds"),
+        (timestamp >= _END_EVENT_TS, "from 2100-01-01 on", "a placeholder date or a wrong unit?"),
     ):
         count = int(bad.sum())
         if count:
             example = int(timestamp.filter(bad)[0])
             raise DataError(
-                f"{source}: events column 'timestamp' has {count} values {what} "
-                f"(of {events.height} rows; e.g. {example} = {iso(example)})"
+                f"{source}: events column 'timestamp' has {count} values {when} "
+                f"(of {events.height} rows; e.g. {example} = {iso(example)}): {why}"
             )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from intentrec.data.cache import load_cache
 from intentrec.data.prepare import format_summary, prepare
@@ -62,3 +63,278 @@ def test_items_only_dropped_users_watched_count_as_unused(tmp_path: Path) -> Non
     prepared = prepare(data_config(tmp_path), raw)
     assert prepared.stats["dropped"]["items_without_kept_events"] == 1
     assert prepared.schema.num_items == 5
+
+
+# ---------------------------------------------------------------------------------------
+# Through the CLI: `intentrec data prepare logs --path mapping.yaml`
+# ---------------------------------------------------------------------------------------
+T0 = 1_704_067_200  # 2024-01-01
+# 3 users x 4 items, one event per hour: lines 2..13 of e.csv (line 1 is the header).
+GOOD = "u,i,t\n" + "".join(f"u{u},i{k},{T0 + 3600 * k + u}\n" for u in range(3) for k in range(4))
+EVENTS = "events: {path: e.csv, user: u, item: i, time: t}\n"
+
+
+def _edit_line(text: str, number: int, edit) -> str:
+    """``text`` with line ``number`` (1-based) replaced by ``edit(line)``."""
+    lines = text.splitlines()
+    lines[number - 1] = edit(lines[number - 1])
+    return "\n".join(lines) + "\n"
+
+
+def _parquet(text: str):
+    def write(path: Path) -> None:
+        pl.read_csv(text.encode()).write_parquet(path)
+
+    return write
+
+
+def run_logs(tmp_path: Path, capsys, files: dict, mapping: str, *extra: str):
+    """Write ``files`` (text, bytes, a writer, or None for a folder) and the mapping into
+    tmp_path, run the CLI; (exit code, stdout, stderr)."""
+    from intentrec.cli import main
+
+    for name, content in files.items():
+        path = tmp_path / name
+        if content is None:
+            path.mkdir()
+        elif callable(content):
+            content(path)
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+    mapping_path = tmp_path / "m.yaml"
+    mapping_path.write_text(mapping)
+    target = tmp_path / extra[0] if extra and not extra[0].startswith("data.") else mapping_path
+    overrides = [e for e in extra if e.startswith("data.")]
+    argv = ["data", "prepare", "logs", "--path", str(target), "--out", str(tmp_path / "cache")]
+    code = main([*argv, *overrides])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _refused(code: int, err: str, fragments: tuple[str, ...]) -> None:
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+REFUSED = {
+    # 1. event times before 1970 / far in the future
+    "negative time": (
+        {"e.csv": _edit_line(GOOD, 2, lambda line: "u0,i0,-1704067200")},
+        EVENTS,
+        ("events column 'timestamp'", "1 values before 1970-01-01", "1916-01-02"),
+    ),
+    "year 3000": (
+        {"e.csv": GOOD + "u0,i1,32503680000\n"},
+        EVENTS,
+        ("events column 'timestamp'", "1 values from 2100-01-01 on", "3000-01-01T00:00:00Z"),
+    ),
+    # 2. the mapping's unit is not the data's
+    "seconds declared as ms": (
+        {"e.csv": GOOD},
+        EVENTS.replace("}", ", time_unit: ms}"),
+        (
+            "e.csv",
+            "column 't'",
+            "timestamps look like seconds, but the mapping says ms",
+            "1970-01-20",
+            "set 'events.time_unit: s'",
+        ),
+    ),  # fmt: skip
+    "ms declared as seconds": (
+        {
+            "e.csv": "u,i,t\n"
+            + "".join(f"u{u},i{k},{(T0 + 60 * k) * 1000}\n" for u in range(2) for k in range(3))
+        },
+        EVENTS,
+        ("timestamps look like milliseconds, but the mapping says s", "'events.time_unit: ms'"),
+    ),  # fmt: skip
+    "release seconds declared as ms": (
+        {"e.csv": GOOD, "it.csv": "i,r\ni0,-1404172800\ni1,946684800\ni2,\ni3,1000000000\n"},
+        EVENTS + "items: {path: it.csv, item: i, release: r, release_unit: ms}\n",
+        (
+            "it.csv",
+            "column 'r'",
+            "look like seconds, but the mapping says ms",
+            "'items.release_unit: s'",
+        ),
+    ),  # fmt: skip
+    # 4. broken lines
+    "short csv line": (
+        {"e.csv": GOOD + "u0,i1\n"},
+        EVENTS,
+        ("e.csv", "line 14 has 2 fields, the header 3 (u,i,t)"),
+    ),
+    "long csv line": (
+        {"e.csv": _edit_line(GOOD, 3, lambda line: line + ",x")},
+        EVENTS,
+        ("e.csv", "line 3 has 4 fields, the header 3"),
+    ),
+    "short line in a quoted csv": (
+        {
+            "e.csv": 'u,i,t,note\nu1,i1,1704067200,"two\nlines"\nu1,i2,1704067300,x\nu2,i2,1704067300\n'
+        },
+        EVENTS,
+        ("e.csv", "line 5 has 3 fields, the header 4"),
+    ),
+    "blank csv line": ({"e.csv": GOOD + "\n"}, EVENTS, ("e.csv", "line 14 is blank")),
+    "not utf-8": (
+        {"e.csv": GOOD.encode() + b"u\xff,i1,1704067300\n"},
+        EVENTS,
+        ("e.csv", "line 14 is not UTF-8 text (byte 0xff at column 2)"),
+    ),
+    "latin-1 header": (
+        {"e.csv": "u,i,t,caf\xe9\n".encode("latin-1") + b"u1,i1,1704067200,x\n"},
+        EVENTS,
+        ("e.csv", "line 1 is not UTF-8 text", "save it as UTF-8"),
+    ),
+    "truncated json line": (
+        {"e.jsonl": '{"u": "a", "i": "x", "t": 1704067200}\n{"u": "a", "i": "y", "t": 17040'},
+        EVENTS.replace("e.csv", "e.jsonl"),
+        ("e.jsonl", "line 2 is not valid JSON (truncated?)"),
+    ),
+    "json line not an object": (
+        {"e.jsonl": '{"u": "a", "i": "x", "t": 1704067200}\n\n[1, 2]\n'},
+        EVENTS.replace("e.csv", "e.jsonl"),
+        ("e.jsonl", "line 3 is a JSON list, not an object"),
+    ),
+    "truncated json array": (
+        {"e.json": '[{"u": "a", "i": "x", "t": 1704067200},\n {"u": "a"'},
+        EVENTS.replace("e.csv", "e.json"),
+        ("e.json", "line 2, column", "not valid JSON", "truncated?"),
+    ),
+    # 5. / 8. missing values, with the line
+    "empty user id": (
+        {"e.csv": GOOD + '"",i1,1704067300\n'},
+        EVENTS,
+        (
+            "e.csv",
+            "column 'u' (mapping key 'events.user')",
+            "1 ids are missing or empty",
+            "line 14",
+        ),
+    ),  # fmt: skip
+    "missing item id": (
+        {"e.csv": GOOD + "u1,,1704067300\n"},
+        EVENTS,
+        ("column 'i' (mapping key 'events.item')", "1 ids are missing", "line 14"),
+    ),
+    "missing time": (
+        {"e.csv": GOOD + "u1,i1,\n"},
+        EVENTS,
+        ("column 't'", "1 timestamps are missing", "the first on line 14"),
+    ),
+    "unparsable time": (
+        {"e.csv": GOOD + "u1,i1,soon\n"},
+        EVENTS,
+        ("column 't'", "cannot be parsed as 's'", "'soon'", "line 14"),
+    ),
+    "unparsable duration": (
+        {
+            "e.jsonl": '{"u": "a", "i": "x", "t": 1704067200, "d": 5}\n'
+            '{"u": "a", "i": "y", "t": 1704067300, "d": "long"}\n'
+        },
+        "events: {path: e.jsonl, user: u, item: i, time: t, duration: d}\n",
+        ("e.jsonl", "column 'd'", "not numbers", "'long'", "line 2"),
+    ),  # fmt: skip
+    "blank item id in the items file": (
+        {"e.csv": GOOD, "it.csv": 'i,k\ni0,movie\n"",show\n'},
+        EVENTS + "items: {path: it.csv, item: i, kind: k}\n",
+        ("it.csv", "column 'i' (mapping key 'items.item')", "line 3"),
+    ),
+    "unknown item": (
+        {"e.csv": GOOD, "it.csv": "i,k\ni0,movie\n"},
+        EVENTS + "items: {path: it.csv, item: i, kind: k}\n",
+        ("3 item ids missing from the items table", "9 events"),
+    ),
+    "nested id": (
+        {"e.jsonl": '{"u": {"a": 1}, "i": "x", "t": 1704067200}\n'},
+        EVENTS.replace("e.csv", "e.jsonl"),
+        ("events column 'user_id' has dtype Struct", "ids must be integers or strings"),
+    ),
+    # 7. the wrong kind of file
+    "events path is a folder": (
+        {"e.csv": None},
+        EVENTS,
+        ("e.csv: is a directory, not a data file", "events.path"),
+    ),
+    "parquet named .csv": (
+        {"e.csv": _parquet(GOOD)},
+        EVENTS,
+        ("e.csv: looks like parquet, not CSV",),
+    ),
+    "csv named .parquet": (
+        {"e.parquet": GOOD},
+        EVENTS.replace("e.csv", "e.parquet"),
+        ("e.parquet: does not look like parquet", "looks like text"),
+    ),
+    "binary data": (
+        {"e.csv": b"\x00\x01\x02\x03" * 64},
+        EVENTS,
+        ("e.csv: looks like a binary file, not CSV text",),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_bad_logs_are_refused_with_one_line(tmp_path: Path, capsys, case: str) -> None:
+    files, mapping, fragments = REFUSED[case]
+    code, _, err = run_logs(tmp_path, capsys, files, mapping)
+    _refused(code, err, fragments)
+
+
+def test_mapping_path_that_is_a_folder(tmp_path: Path, capsys) -> None:
+    code, _, err = run_logs(tmp_path, capsys, {"e.csv": GOOD, "folder": None}, EVENTS, "folder")
+    _refused(code, err, ("folder: is a directory", "'data.path'", "column-mapping YAML"))
+
+
+def test_no_user_left_after_min_user_events(tmp_path: Path, capsys) -> None:
+    code, _, err = run_logs(tmp_path, capsys, {"e.csv": GOOD}, EVENTS, "data.min_user_events=9")
+    _refused(code, err, ("no user has >= 9 events", "3 users, 12 events"))
+
+
+def test_bad_value_after_the_type_inference_window_names_its_line(tmp_path: Path, capsys):
+    rows = "".join(f"u{k % 7},i{k % 5},{T0 + k},{k % 90}\n" for k in range(100_001))
+    files = {"e.csv": "u,i,t,d\n" + rows + "u1,i1,1704067200,abc\n"}
+    mapping = "events: {path: e.csv, user: u, item: i, time: t, duration: d}\n"
+    code, _, err = run_logs(tmp_path, capsys, files, mapping)
+    _refused(code, err, ("e.csv", "line 100003: column 'd' holds 'abc'", "not a number"))
+
+
+@pytest.mark.parametrize(
+    ("release", "unit"),
+    [("i,r\ni0,1925\ni1,1960\ni2,\ni3,2001\n", "year"), ("i,r\ni0,-1404172800\ni1,1\n", "s")],
+)
+def test_release_dates_before_1970_are_accepted(tmp_path: Path, capsys, release, unit) -> None:
+    files = {"e.csv": GOOD, "it.csv": release + "i2,\ni3,946684800\n" * (unit == "s")}
+    mapping = EVENTS + f"items: {{path: it.csv, item: i, release: r, release_unit: {unit}}}\n"
+    code, _, err = run_logs(tmp_path, capsys, files, mapping)
+    assert code == 0, err
+
+
+def test_gzip_csv_is_read_and_checked(tmp_path: Path, capsys) -> None:
+    import gzip
+
+    code, _, err = run_logs(tmp_path, capsys, {"e.csv": gzip.compress(GOOD.encode())}, EVENTS)
+    assert code == 0, err
+    ragged = {"e.csv": gzip.compress((GOOD + "u1,i1\n").encode())}
+    (tmp_path / "r").mkdir()
+    code, _, err = run_logs(tmp_path / "r", capsys, ragged, EVENTS)
+    _refused(code, err, ("line 14 has 2 fields",))
+
+
+def test_duplicates_and_unused_items_are_counted_in_the_summary(tmp_path: Path, capsys):
+    files = {
+        "e.csv": GOOD + GOOD.splitlines()[1] + "\n",
+        "it.csv": "i,k\n" + "".join(f"i{k},movie\n" for k in range(6)),
+    }
+    mapping = EVENTS + "items: {path: it.csv, item: i, kind: k}\n"
+    code, out, err = run_logs(tmp_path, capsys, files, mapping)
+    assert code == 0, err
+    assert "dropped      duplicate_events=1, items_without_kept_events=2\n" in out
+    assert "4 items scored in full ranking" in out
+    assert "2 items-table rows without kept events left out, not scored" in out
