@@ -16,6 +16,9 @@
 6. :func:`_features`: input features, intent labels, target weights (``features.py``);
 7. the cache's arrays, tables, stats and schema (:func:`_cache_arrays`,
    :func:`_cache_tables`, :func:`_stats`, :func:`_schema`), written by ``cache.py``.
+
+One file of ~500 lines on purpose: every step and the small record it hands to the next,
+in pipeline order, so the whole path from tables to cache reads in one place.
 """
 
 from __future__ import annotations
@@ -30,14 +33,8 @@ import polars as pl
 
 from intentrec.data.cache import fingerprint_config
 from intentrec.data.errors import DataError
-from intentrec.data.features import (
-    GenreTable,
-    SortedEvents,
-    genre_table,
-    input_features,
-    intent_labels,
-    target_weights,
-)
+from intentrec.data.features import GenreTable, SortedEvents, genre_table, input_features
+from intentrec.data.labels import intent_labels, target_weights
 from intentrec.data.raw import RawTables
 from intentrec.data.schema import DataSchema, FeatureSpec, IntentSpec
 from intentrec.data.splits import SPLIT_NAMES, SplitResult, assign_splits, iso
