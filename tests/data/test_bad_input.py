@@ -12,7 +12,9 @@ import polars as pl
 import pytest
 
 from intentrec.data.cache import load_cache
+from intentrec.data.errors import DataError
 from intentrec.data.prepare import format_summary, prepare
+from intentrec.data.recipes.movielens import load_movielens
 from tests.data.test_features import data_config, tiny_raw
 
 
@@ -338,3 +340,45 @@ def test_duplicates_and_unused_items_are_counted_in_the_summary(tmp_path: Path, 
     assert "dropped      duplicate_events=1, items_without_kept_events=2\n" in out
     assert "4 items scored in full ranking" in out
     assert "2 items-table rows without kept events left out, not scored" in out
+
+
+# ---------------------------------------------------------------------------------------
+# MovieLens files a user edited or cut short
+# ---------------------------------------------------------------------------------------
+RATINGS = "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,2,3.0,964982800\n"
+MOVIES = "movieId,title,genres\n1,Toy Story (1995),Animation\n2,Jumanji (1995),Adventure\n"
+DAT_MOVIES = "1::Toy Story (1995)::Animation\n2::Jumanji (1995)::Adventure\n"
+U_ITEM = "".join(
+    f"{k}|Film {k} (1995)|01-Jan-1995||url|" + "|".join("0" * 19) + "\n" for k in (1, 2)
+)
+
+
+@pytest.mark.parametrize(
+    ("files", "fragments"),
+    [
+        ({"ratings.csv": RATINGS + "2,1\n", "movies.csv": MOVIES},
+         ("ratings.csv: line 4 has 2 fields, the header 4",)),
+        ({"ratings.csv": RATINGS, "movies.csv": MOVIES + "3,Heat (1995)\n"},
+         ("movies.csv: line 4 has 2 fields, the header 3",)),
+        ({"ratings.csv": RATINGS.encode() + b"2,\xff,1,1\n", "movies.csv": MOVIES},
+         ("ratings.csv: line 4 is not UTF-8",)),
+        ({"ratings.dat": "1::1::4::964982703\n1::2::3\n", "movies.dat": DAT_MOVIES},
+         ("ratings.dat: 1 lines lack a field; the first is line 2",)),
+        ({"u.data": "1\t1\t4\t964982703\n\n1\t2\t3\t964982800\n", "u.item": U_ITEM},
+         ("u.data: 1 lines lack a field; the first is line 2",)),
+    ],
+)  # fmt: skip
+def test_movielens_broken_lines_name_file_and_line(tmp_path: Path, files, fragments) -> None:
+    for name, content in files.items():
+        path = tmp_path / name
+        path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    with pytest.raises(DataError) as caught:
+        load_movielens(str(tmp_path))
+    for fragment in fragments:
+        assert fragment in str(caught.value), (fragment, str(caught.value))
+
+
+def test_movielens_path_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "ratings.csv").write_text(RATINGS)
+    with pytest.raises(DataError, match="ratings.csv: is a file; .*MovieLens folder"):
+        load_movielens(str(tmp_path / "ratings.csv"))

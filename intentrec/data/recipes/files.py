@@ -11,6 +11,7 @@ and, for text formats, the line:
   polars inferred for its column;
 * a JSON line that is not valid JSON (e.g. truncated) or not an object.
 
+:func:`csv_problem` is that pass for a CSV file (also used by the MovieLens recipe);
 :func:`locate` turns a row index into "line N" (CSV, JSON lines) or "row N" (parquet,
 JSON arrays) for messages about values, e.g. a missing id.
 """
@@ -114,7 +115,7 @@ def read_columns(
     if table.height == 0:
         raise DataError(f"{path}: has no rows")
     if last is not None and table[last].null_count():
-        problem = _csv_problem(path)
+        problem = csv_problem(path)
         if problem:
             raise DataError(f"{path}: {problem}")
     return table.select(columns)
@@ -200,7 +201,7 @@ def _read_error(path: Path, fmt: str, err: Exception) -> DataError:
     problem = None
     if fmt == "csv":
         parse = _PARSE_ERROR.search(str(err))
-        problem = _csv_problem(path, parse.group(3, 1, 2) if parse else None)
+        problem = csv_problem(path, parse.group(3, 1, 2) if parse else None)
     elif fmt == "jsonl" or (fmt == "json" and not _is_json_array(path)):
         problem = _json_lines_problem(path)
     elif fmt == "json":
@@ -234,7 +235,7 @@ def _csv_records(path: Path) -> Iterator[tuple[int, list[str]]]:
         start = reader.line_num + 1
 
 
-def _csv_problem(path: Path, parse_error: tuple[str, str, str] | None = None) -> str | None:
+def csv_problem(path: Path, parse_error: tuple[str, str, str] | None = None) -> str | None:
     """The first line with another number of fields than the header, or that holds the
     value polars could not parse (``parse_error`` = (column, value, dtype)); else None."""
     if parse_error is None:
