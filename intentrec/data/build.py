@@ -304,12 +304,15 @@ def _features(
         if not genres.vocabulary:
             log.info("%s: items column 'genres' is empty for every item: no genre feature", source)
             genres = None
-    feature_specs, feature_arrays, scales = input_features(ev, genres)
     names = _cfg_list(data_cfg.intents)
     intent_names = list(raw.intents) if names is None else names
     buckets = [int(d) for d in data_cfg.release_buckets_days]
-    intent_specs, intent_arrays, intent_info = intent_labels(ev, intent_names, buckets, genres)
-    weight, weight_info = target_weights(ev, raw.weight_column, str(data_cfg.duration_weight))
+    try:
+        feature_specs, feature_arrays, scales = input_features(ev, genres)
+        intent_specs, intent_arrays, intent_info = intent_labels(ev, intent_names, buckets, genres)
+        weight, weight_info = target_weights(ev, raw.weight_column, str(data_cfg.duration_weight))
+    except DataError as err:  # they name the column or config key; add the source
+        raise DataError(f"{source}: {err}") from None
     items_train_count = np.bincount(ordered.item[train_targets], minlength=ids.num_items + 1)
     return _Features(
         ev,

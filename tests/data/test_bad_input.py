@@ -382,3 +382,11 @@ def test_movielens_path_that_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "ratings.csv").write_text(RATINGS)
     with pytest.raises(DataError, match="ratings.csv: is a file; .*MovieLens folder"):
         load_movielens(str(tmp_path / "ratings.csv"))
+
+
+def test_feature_stage_errors_name_the_source(tmp_path: Path, capsys) -> None:
+    files = {"e.jsonl": '{"u": "a", "i": "x", "t": 1704067200, "tags": ["a"]}\n'
+                        '{"u": "a", "i": "y", "t": 1704067300, "tags": []}\n'}  # fmt: skip
+    mapping = "events: {path: e.jsonl, user: u, item: i, time: t, extra: [tags]}\n"
+    code, _, err = run_logs(tmp_path, capsys, files, mapping)
+    _refused(code, err, ("m.yaml (events: ", "e.jsonl", "events column 'tags' has dtype List"))
