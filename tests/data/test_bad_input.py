@@ -274,6 +274,11 @@ REFUSED = {
         EVENTS.replace("e.csv", "e.parquet"),
         ("e.parquet: does not look like parquet", "looks like text"),
     ),
+    "utf-16 text": (
+        {"e.csv": GOOD.encode("utf-16")},
+        EVENTS,
+        ("e.csv: looks like UTF-16 text, not CSV (save it as UTF-8)",),
+    ),
     "binary data": (
         {"e.csv": b"\x00\x01\x02\x03" * 64},
         EVENTS,

@@ -40,12 +40,14 @@ FORMATS = {
 }
 _FORMAT_NAMES = {"parquet": "parquet", "csv": "CSV", "jsonl": "JSON lines", "json": "JSON"}
 # Leading bytes of formats a user may have misnamed.
-_MAGIC = (
-    (b"PAR1", "parquet"),
-    (b"PK\x03\x04", "a zip archive (extract it first)"),
-    (b"\x28\xb5\x2f\xfd", "zstd-compressed data (decompress it first)"),
-    (b"\x89PNG", "a PNG image"),
-    (b"%PDF", "a PDF document"),
+_MAGIC = (  # (leading bytes, what the file looks like, what to do)
+    (b"PAR1", "parquet", "rename it to .parquet"),
+    (b"PK\x03\x04", "a zip archive", "extract it first"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed data", "decompress it first"),
+    (b"\xff\xfe", "UTF-16 text", "save it as UTF-8"),
+    (b"\xfe\xff", "UTF-16 text", "save it as UTF-8"),
+    (b"\x89PNG", "a PNG image", ""),
+    (b"%PDF", "a PDF document", ""),
 )
 _GZIP = b"\x1f\x8b"  # polars reads gzip-compressed text; so do the checks here
 _SNIFF_BYTES = 4096
@@ -150,6 +152,7 @@ def _open(path: Path) -> IO[bytes]:
 
 
 def _sniff(path: Path, fmt: str) -> None:
+    """DataError when the first bytes say the file is not ``fmt`` (or its header not UTF-8)."""
     with path.open("rb") as handle:
         raw = handle.read(_SNIFF_BYTES)
     expected = _FORMAT_NAMES[fmt]
@@ -160,10 +163,11 @@ def _sniff(path: Path, fmt: str) -> None:
                 f"{path}: does not look like parquet (no 'PAR1' magic bytes at the start){guess}"
             )
         return
-    for magic, what in _MAGIC:
+    for magic, what, hint in _MAGIC:
         if raw.startswith(magic):
-            hint = " (rename it to .parquet)" if what == "parquet" else ""
-            raise DataError(f"{path}: looks like {what}, not {expected}{hint}")
+            raise DataError(
+                f"{path}: looks like {what}, not {expected}" + (f" ({hint})" if hint else "")
+            )
     if raw.startswith(_GZIP):
         with _open(path) as handle:
             raw = handle.read(_SNIFF_BYTES)
