@@ -1,11 +1,9 @@
-"""Per-event input features, intent labels and target weights, from sorted encoded events.
+"""Per-event input features from sorted encoded events (labels and weights: ``labels.py``).
 
 Everything here works on a :class:`SortedEvents` (events already in the total order, ids
 encoded, split tags assigned) and returns flat numpy arrays, one row per event, plus the
-``FeatureSpec`` / ``IntentSpec`` that declare them. No torch.
-
-Labels are those *of the event itself*: the DataModule shifts by one, so the target of
-input position k is the label of event k + 1.
+``FeatureSpec`` that declare them. No torch. :class:`SortedEvents`, the genre table and
+the small coding helpers here are shared with ``labels.py``.
 
 Leakage rule: every normalisation constant is either fixed or computed on training data
 only (events tagged train for input scales; training *targets* — train-tagged events that
@@ -28,9 +26,7 @@ from intentrec.data.schema import (
     ITEM_OPTIONAL,
     ITEM_REQUIRED,
     FeatureSpec,
-    IntentSpec,
 )
-from intentrec.data.validate import KNOWN_INTENTS  # intent name -> (table, column)
 
 log = logging.getLogger(__name__)
 
@@ -175,20 +171,6 @@ def _scaled_log1p(
     if valid is not None:
         out[~valid] = 0.0
     return out, scale
-
-
-def _class_counts(labels: np.ndarray, num_classes: int, train_targets: np.ndarray) -> list[int]:
-    picked = labels[train_targets]
-    picked = picked[picked >= 0].astype(np.int64)
-    return np.bincount(picked, minlength=num_classes).astype(int).tolist()
-
-
-def release_bucket_names(edges_days: list[int]) -> list[str]:
-    """[30, 180] -> ["<30d", "30-180d", ">=180d"]."""
-    names = [f"<{edges_days[0]}d"]
-    names += [f"{a}-{b}d" for a, b in zip(edges_days[:-1], edges_days[1:])]
-    names.append(f">={edges_days[-1]}d")
-    return names
 
 
 # ---------------------------------------------------------------------------------------
@@ -344,7 +326,7 @@ def input_features(
         scales["duration"] = {"train_max_log1p": scale}
 
     if "release_ts" in ev.items.columns:
-        release, has_release = _release_per_event(ev)
+        release, has_release = release_per_event(ev)
         age_days = (ts - release) / 86400.0
         values, scale = _scaled_log1p(age_days, has_release, train)
         numeric("time_since_release", values)
@@ -377,146 +359,9 @@ def _rating_codes(rating: pl.Series) -> tuple[np.ndarray, list[str]]:
     return codes, names
 
 
-def _release_per_event(ev: SortedEvents) -> tuple[np.ndarray, np.ndarray]:
+def release_per_event(ev: SortedEvents) -> tuple[np.ndarray, np.ndarray]:
     """(release_ts int64 [n], has_release bool [n]) of each event's item."""
     release = ev.items["release_ts"].cast(pl.Int64)
     has = _with_padding_row(release.is_not_null().to_numpy(), False)[ev.item]
     values = _with_padding_row(release.fill_null(0).to_numpy(), 0)[ev.item]
     return values, has
-
-
-# ---------------------------------------------------------------------------------------
-# Intent labels
-# ---------------------------------------------------------------------------------------
-def available_intents(ev: SortedEvents) -> list[str]:
-    """Intent names these tables can label: known ones whose column exists, then extras."""
-    frames = {"events": ev.events, "items": ev.items}
-    names = [n for n, (t, c) in KNOWN_INTENTS.items() if c in frames[t].columns]
-    event_extras, item_extras = ev.extra_columns()
-    names += [c for c in event_extras + item_extras if c not in names]
-    return names
-
-
-def intent_labels(
-    ev: SortedEvents,
-    names: list[str],
-    release_buckets_days: list[int],
-    genres: GenreTable | None,
-) -> tuple[list[IntentSpec], dict[str, np.ndarray], dict[str, Any]]:
-    """Label of each event for each intent; class counts over training targets.
-
-    single: int16/int32 [n] class id, -100 where the event has no label.
-    multi (genre): uint64 [n, words] bitmask over all of the item's genres (not truncated);
-        an item without genres has an all-zero row.
-    release_bucket: days from the item's release to the event, bucketed by
-        release_buckets_days (e.g. <30d, 30-180d, 180-365d, 365-1825d, >=1825d); an event
-        before the release date falls in the first bucket (counted in the info); no
-        release date -> -100.
-    engagement: rating < 3 low, 3 <= rating < 4 mid, rating >= 4 high (5-star scale);
-        no rating -> -100.
-    Any other name: the text value of that events (else items) column.
-    """
-    valid = available_intents(ev)
-    unknown = [n for n in names if n not in valid]
-    if unknown:
-        raise DataError(
-            f"data.intents: unknown intent {unknown[0]!r}; valid for this dataset: {valid}"
-        )
-    specs: list[IntentSpec] = []
-    arrays: dict[str, np.ndarray] = {}
-    info: dict[str, Any] = {}
-    targets = ev.train_targets
-
-    def single(name: str, labels: np.ndarray, class_names: list[str]) -> None:
-        k = len(class_names)
-        counts = _class_counts(labels, k, targets)
-        specs.append(IntentSpec(name, "single", k, list(class_names), counts))
-        arrays[name] = labels.astype(label_dtype(k), copy=False)
-        info[name] = {"unlabelled_events": int((labels < 0).sum())}
-
-    for name in names:
-        if name == "genre":
-            if genres is None:
-                raise DataError("intent 'genre' needs items column 'genres'")
-            words = genres.words[ev.item]  # [n, W]
-            item_count = np.bincount(ev.item[targets], minlength=ev.num_items + 1)
-            counts = np.bincount(
-                genres.pair_genre,
-                weights=item_count[genres.pair_item].astype(np.float64),
-                minlength=len(genres.vocabulary),
-            )
-            specs.append(
-                IntentSpec(
-                    "genre",
-                    "multi",
-                    len(genres.vocabulary),
-                    list(genres.vocabulary),
-                    np.rint(counts).astype(int).tolist(),
-                )
-            )
-            arrays["genre"] = words
-            info["genre"] = {"unlabelled_events": int((~words.any(axis=1)).sum())}
-        elif name == "release_bucket":
-            labels, before = _release_buckets(ev, release_buckets_days)
-            single(name, labels, release_bucket_names(sorted(release_buckets_days)))
-            info[name]["events_before_release"] = before
-        elif name == "engagement":
-            rating = ev.events["rating"].cast(pl.Float64).to_numpy()
-            labels = np.where(rating < 3, 0, np.where(rating < 4, 1, 2))
-            single(name, np.where(np.isnan(rating), IGNORE_INDEX, labels), list(ENGAGEMENT_CLASSES))
-        else:
-            codes, vocabulary = ev.codes(KNOWN_INTENTS.get(name, ("events", name))[1])
-            labels = codes.astype(np.int64) - 1
-            single(name, np.where(labels < 0, IGNORE_INDEX, labels), vocabulary)
-    return specs, arrays, info
-
-
-def _release_buckets(ev: SortedEvents, edges_days: list[int]) -> tuple[np.ndarray, int]:
-    edges = np.asarray(sorted(edges_days), dtype=np.float64)
-    if edges.size == 0 or np.any(np.diff(edges) <= 0):
-        raise DataError(
-            f"data.release_buckets_days: need distinct increasing day edges, got {edges_days}"
-        )
-    release, has_release = _release_per_event(ev)
-    age_days = (ev.timestamp - release) / 86400.0  # [n]
-    bucket = np.searchsorted(edges, age_days, side="right")  # negative ages -> bucket 0
-    labels = np.where(has_release, bucket, IGNORE_INDEX)
-    before = int((has_release & (age_days < 0)).sum())
-    return labels, before
-
-
-# ---------------------------------------------------------------------------------------
-# Target weights
-# ---------------------------------------------------------------------------------------
-def target_weights(
-    ev: SortedEvents, column: str | None, mode: str
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Weight of each event as a target (float32 [n]); mean 1 over training targets.
-
-    none -> 1. log1p -> log1p(value) / mean over training targets with a value.
-    linear -> value / that mean. Events without a value (null, or no weight column) -> 1,
-    so the mean over all training targets is exactly 1 too.
-    """
-    n = ev.timestamp.size
-    info: dict[str, Any] = {"mode": mode, "column": column}
-    if mode == "none" or column is None:
-        if mode != "none":
-            log.info("duration weight %r: the dataset has no weight column; all weights 1", mode)
-        return np.ones(n, dtype=np.float32), info
-    values = ev.events[column].cast(pl.Float64).to_numpy()
-    has_value = ~np.isnan(values)
-    raw = np.log1p(np.maximum(values, 0.0)) if mode == "log1p" else values
-    reference = raw[has_value & ev.train_targets]
-    if reference.size == 0:
-        log.warning("duration weight: no training target has a %r value; all weights 1", column)
-        info["events_without_value"] = int((~has_value).sum())
-        return np.ones(n, dtype=np.float32), info
-    mean = float(reference.mean())
-    if mean <= 0.0 or not np.isfinite(mean):
-        raise DataError(
-            f"events column {column!r}: mean {mode} weight over {reference.size} training "
-            "targets is not positive; set data.duration_weight=none"
-        )
-    weights = np.where(has_value, raw / mean, 1.0).astype(np.float32)
-    info.update({"train_mean_raw": mean, "events_without_value": int((~has_value).sum())})
-    return weights, info

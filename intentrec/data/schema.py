@@ -31,6 +31,15 @@ ITEM_REQUIRED = ("item_id",)
 ITEM_OPTIONAL = ("genres", "kind", "release_ts")
 HIDDEN_COLUMNS = ("planted_intent", "session_true")
 
+# Intents with a fixed meaning and the (table, column) each is derived from.
+KNOWN_INTENTS: dict[str, tuple[str, str]] = {
+    "action_type": ("events", "action_type"),
+    "genre": ("items", "genres"),
+    "kind": ("items", "kind"),
+    "release_bucket": ("items", "release_ts"),
+    "engagement": ("events", "rating"),
+}
+
 
 # ---------------------------------------------------------------------------------------
 # Prepared feature schema

@@ -52,7 +52,10 @@ def iso(ts: int | None) -> str | None:
     """Epoch seconds -> ISO-8601 UTC string (None stays None)."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(int(ts), tz=UTC).isoformat().replace("+00:00", "Z")
+    try:
+        return datetime.fromtimestamp(int(ts), tz=UTC).isoformat().replace("+00:00", "Z")
+    except (ValueError, OverflowError, OSError):  # beyond years 1..9999 (for messages)
+        return f"year {1970 + int(ts) / 31_556_952:.0f}"
 
 
 def assign_splits(

@@ -15,21 +15,19 @@ import logging
 import polars as pl
 
 from intentrec.data.errors import DataError
-from intentrec.data.recipes import RawTables
-from intentrec.data.schema import EVENT_REQUIRED, ITEM_REQUIRED
+from intentrec.data.raw import RawTables
+from intentrec.data.schema import EVENT_REQUIRED, ITEM_REQUIRED, KNOWN_INTENTS
+from intentrec.data.splits import iso
 
 log = logging.getLogger(__name__)
 
-# Intents with a fixed meaning and the (table, column) each is derived from.
-KNOWN_INTENTS: dict[str, tuple[str, str]] = {
-    "action_type": ("events", "action_type"),
-    "genre": ("items", "genres"),
-    "kind": ("items", "kind"),
-    "release_bucket": ("items", "release_ts"),
-    "engagement": ("events", "rating"),
-}
 # Epoch seconds past this (year ~5138) are almost certainly milliseconds or microseconds.
 _MAX_EPOCH_SECONDS = 100_000_000_000
+# Event times must fall in [1970-01-01, 2100-01-01): earlier ones are negative epoch
+# seconds (a sign or parsing error), later ones are not logged events (sentinels such as
+# 3000-01-01, or a wrong unit). Item release dates may predate 1970 (old films).
+_FIRST_EVENT_TS = 0
+_END_EVENT_TS = 4_102_444_800  # 2100-01-01T00:00:00Z
 _ID_COLUMNS = ("user_id", "item_id")
 
 
@@ -40,10 +38,11 @@ def validate_tables(raw: RawTables, source: str) -> RawTables:
     ``release_ts`` to Int64 epoch seconds (Datetime/Date converted, fractional seconds
     floored); ``duration``/``rating`` to Float64; ``genres`` to List[Utf8] (null -> []);
     ``action_type``/``kind`` to Utf8.
-    Raises DataError for: missing required columns, uncoercible dtypes, null ids or
-    timestamps, no events, duplicate item ids, events whose item is not in the items
-    table, non-finite or negative durations, intents the tables cannot label, and
-    hidden/weight columns that do not exist.
+    Raises DataError for: missing required columns, uncoercible dtypes, null or empty
+    (blank text) ids, null timestamps, event times before 1970 or from 2100 on, no
+    events, duplicate item ids, events whose item is not in the items table, non-finite
+    or negative durations, intents the tables cannot label, and hidden/weight columns
+    that do not exist.
     """
     for table, frame, required in (
         ("events", raw.events, EVENT_REQUIRED),
@@ -64,6 +63,10 @@ def validate_tables(raw: RawTables, source: str) -> RawTables:
 
     _check_no_nulls(events, "events", EVENT_REQUIRED, source)
     _check_no_nulls(items, "items", ITEM_REQUIRED, source)
+    _check_event_times(events, source)
+    for table, frame, columns in (("events", events, _ID_COLUMNS), ("items", items, ("item_id",))):
+        for column in columns:
+            _check_no_blank_ids(frame, table, column, source)
     _check_unique_items(items, source)
     _check_items_known(events, items, source)
     _check_intents(raw, events, items, source)
@@ -247,6 +250,34 @@ def _check_no_nulls(frame: pl.DataFrame, table: str, columns: tuple[str, ...], s
                 f"{source}: {table} column {column!r} has {count} null values "
                 f"(of {frame.height} rows)"
             )
+
+
+def _check_event_times(events: pl.DataFrame, source: str) -> None:
+    """Event times in [1970-01-01, 2100-01-01): count and the first offending value."""
+    timestamp = events["timestamp"]
+    for bad, when, why in (
+        (timestamp < _FIRST_EVENT_TS, "before 1970-01-01", "negative epoch seconds"),
+        (timestamp >= _END_EVENT_TS, "from 2100-01-01 on", "a placeholder date or a wrong unit?"),
+    ):
+        count = int(bad.sum())
+        if count:
+            example = int(timestamp.filter(bad)[0])
+            raise DataError(
+                f"{source}: events column 'timestamp' has {count} values {when} "
+                f"(of {events.height} rows; e.g. {example} = {iso(example)}): {why}"
+            )
+
+
+def _check_no_blank_ids(frame: pl.DataFrame, table: str, column: str, source: str) -> None:
+    """Text ids that are empty or only whitespace are missing ids, not an id."""
+    if frame.schema[column] != pl.Utf8:
+        return
+    blank = frame.select((pl.col(column).str.strip_chars() == "").sum()).item()
+    if blank:
+        raise DataError(
+            f"{source}: {table} column {column!r} has {blank} empty-string ids "
+            f"(of {frame.height} rows; an id must not be blank)"
+        )
 
 
 def _examples(values: pl.Series, limit: int = 3) -> str:

@@ -19,7 +19,7 @@ from intentrec.data.cache import is_complete, load_cache
 from intentrec.data.errors import DataError
 from intentrec.data.features import GAP_SCALE_S
 from intentrec.data.prepare import format_summary, prepare
-from intentrec.data.recipes import RawTables
+from intentrec.data.raw import RawTables
 
 DAY = 86400
 

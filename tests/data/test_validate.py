@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from intentrec.data.errors import DataError
-from intentrec.data.recipes import RawTables
+from intentrec.data.raw import RawTables
 from intentrec.data.validate import validate_tables
 
 SOURCE = "/data/events.csv"
@@ -184,3 +184,49 @@ def test_intents_need_their_columns():
 def test_hidden_and_weight_columns_must_exist():
     fails(make_raw(hidden_columns=["planted_intent"]), "hidden column 'planted_intent'")
     fails(make_raw(weight_column="rating"), "weight column 'rating'")
+
+
+def test_event_times_before_1970_are_refused_with_count_and_date():
+    fails(
+        make_raw(events={"timestamp": [100, -1_704_067_200, 150, -5, 300]}),
+        "events column 'timestamp'",
+        "2 values before 1970-01-01",
+        "e.g. -1704067200 = 1916-01-02T00:00:00Z",
+    )
+
+
+def test_event_times_in_the_far_future_are_refused_with_count_and_date():
+    year_3000 = 32_503_680_000
+    fails(
+        make_raw(events={"timestamp": [100, 200, year_3000, 250, 300]}),
+        "events column 'timestamp'",
+        "1 values from 2100-01-01 on",
+        f"e.g. {year_3000} = 3000-01-01T00:00:00Z",
+    )
+
+
+def test_release_dates_before_1970_are_fine():
+    # Old films: negative epoch seconds are a valid release date (1925-06-26 here).
+    out = validate_tables(make_raw(items={"release_ts": [-1_404_172_800, 50, None]}), SOURCE)
+    assert out.items["release_ts"].to_list() == [-1_404_172_800, 50, None]
+
+
+@pytest.mark.parametrize("column", ["user_id", "item_id"])
+def test_empty_string_event_ids_are_refused(column):
+    ids = [str(v) for v in make_raw().events[column].to_list()]
+    ids[0], ids[2] = "", "  "
+    fails(
+        make_raw(events={column: ids}),
+        f"events column '{column}'",
+        "2 empty-string ids",
+        "of 5 rows",
+    )
+
+
+def test_empty_string_item_ids_in_items_are_refused():
+    events = {"item_id": ["10", "11", "10", "11", "11"]}
+    fails(
+        make_raw(events=events, items={"item_id": ["10", "11", ""]}),
+        "items column 'item_id'",
+        "1 empty-string ids",
+    )

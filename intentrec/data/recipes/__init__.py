@@ -7,36 +7,13 @@ everything after that (ids, features, labels, splits) is shared by all datasets.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
-import polars as pl
+from intentrec.data.errors import DataError
+from intentrec.data.raw import RawTables
+from intentrec.data.validate import validate_tables
 
-
-@dataclass
-class RawTables:
-    """Canonical tables (see ``intentrec.data.schema``) plus what the recipe knows about them.
-
-    events: user_id, item_id, timestamp (Int64 epoch s) [+ action_type, duration, rating, extras]
-    items:  item_id [+ genres List[Utf8], kind, release_ts Int64 epoch s, extras]
-    intents: intent names this dataset can label, in display order. Known names:
-        "action_type" (events.action_type), "genre" (items.genres, multi-label),
-        "kind" (items.kind), "release_bucket" (event ts - items.release_ts, bucketed),
-        "engagement" (events.rating bucketed); a logs mapping may add any categorical
-        column name (single-label).
-    weight_column: events column the duration weight derives from ("duration", "rating") or None.
-    source: human-readable origin (file paths, generator parameters) for the summary.
-    hidden_columns: columns kept for checks (e.g. planted_intent) that are never inputs.
-    """
-
-    name: str
-    events: pl.DataFrame
-    items: pl.DataFrame
-    intents: list[str]
-    weight_column: str | None = None
-    source: str = ""
-    hidden_columns: list[str] = field(default_factory=list)
-    dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows dropped (logged)
+__all__ = ["RawTables", "load_raw"]  # RawTables re-exported for callers outside the data package
 
 
 def load_raw(data_cfg: Any) -> RawTables:
@@ -46,10 +23,6 @@ def load_raw(data_cfg: Any) -> RawTables:
     synthetic uses ``.synthetic`` and ``.seed``, ml-100k ``.cache_dir``, movielens and logs
     ``.path``. Recipes are imported lazily so one dataset's parsing code never slows another.
     """
-    # Imported here: these modules import RawTables from this package.
-    from intentrec.data.errors import DataError
-    from intentrec.data.validate import validate_tables
-
     name = data_cfg.name
     if name == "synthetic":
         from intentrec.data.recipes.synthetic import generate

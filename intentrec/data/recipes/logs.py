@@ -18,8 +18,10 @@ columns named under ``items`` are read from the events file (one value per item,
 error); without an ``items`` section the items table is just the distinct event items.
 
 Every problem is a one-line DataError naming the mapping file or data file, the key and
-the column: unknown keys (typos), missing files, empty files, columns that do not exist
-(with the columns that do), unknown units and unparsable timestamps (count + example).
+the column: unknown keys (typos), missing files, empty files, folders, columns that do
+not exist (with the columns that do), unknown units, a unit the numbers evidently are
+not in, unparsable timestamps or numbers and missing ids (count, example, first line).
+Broken or misnamed files are caught while reading (``files.py``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ import polars as pl
 import yaml
 
 from intentrec.data.errors import DataError
-from intentrec.data.recipes import RawTables
+from intentrec.data.raw import RawTables
+from intentrec.data.recipes.files import locate, read_columns
+from intentrec.data.splits import iso
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +125,13 @@ def load_logs(mapping_yaml: str) -> RawTables:
     if item_from_events:
         wanted += [v for k, v in item_sources.items() if k != "item_id"]
         wanted += [("items.extra", c) for c in item_extra]
-    event_frame = _read_columns(events_path, wanted, text_columns=[ev["user"], ev["item"]])
+    event_frame = read_columns(events_path, wanted, text_columns=[ev["user"], ev["item"]])
     events = _events_table(event_frame, event_sources, ev, event_extra, events_path)
 
     if items_path is not None:
         item_sources.setdefault("item_id", ("items.item", ev["item"]))
         wanted = list(item_sources.values()) + [("items.extra", c) for c in item_extra]
-        item_frame = _read_columns(items_path, wanted, text_columns=[item_sources["item_id"][1]])
+        item_frame = read_columns(items_path, wanted, text_columns=[item_sources["item_id"][1]])
         items = _items_table(item_frame, item_sources, it, item_extra, items_path)
     elif item_from_events and (len(item_sources) > ("item_id" in item_sources) or item_extra):
         item_sources["item_id"] = ("events.item", ev["item"])
@@ -163,6 +167,10 @@ def load_logs(mapping_yaml: str) -> RawTables:
 # The mapping file
 # ---------------------------------------------------------------------------------------
 def _read_mapping(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise DataError(
+            f"{path}: is a directory; config key 'data.path' must be the column-mapping YAML file"
+        )
     if not path.is_file():
         raise DataError(f"{path}: column-mapping file not found (config key 'data.path')")
     try:
@@ -221,6 +229,10 @@ def _check_choice(value: Any, choices: Any, key: str, path: Path) -> None:
 def _resolve(folder: Path, relative: str, mapping_path: Path, key: str) -> Path:
     path = Path(relative).expanduser()
     path = path if path.is_absolute() else folder / path
+    if path.is_dir():
+        raise DataError(
+            f"{path}: is a directory, not a data file (mapping {mapping_path}, key '{key}')"
+        )
     if not path.is_file():
         raise DataError(f"{path}: file not found (mapping {mapping_path}, key '{key}')")
     if path.stat().st_size == 0:
@@ -245,57 +257,6 @@ def _check_extra_names(extra: list[str], reserved: tuple[str, ...], table: str, 
 
 
 # ---------------------------------------------------------------------------------------
-# Reading files
-# ---------------------------------------------------------------------------------------
-def _scan(path: Path, text_columns: list[str]) -> pl.LazyFrame:
-    """Lazy frame by extension; id columns of text formats are read as text (keeps '007')."""
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            return pl.scan_parquet(path)
-        if suffix == ".csv":
-            header = pl.read_csv(path, n_rows=0).columns
-            overrides = {c: pl.Utf8 for c in text_columns if c in header}
-            return pl.scan_csv(path, schema_overrides=overrides, infer_schema_length=100_000)
-        if suffix in (".jsonl", ".ndjson"):
-            return pl.scan_ndjson(path, infer_schema_length=100_000)
-        if suffix == ".json":
-            with path.open("rb") as handle:
-                first = handle.read(4096).lstrip()[:1]
-            if first == b"[":
-                return pl.read_json(path, infer_schema_length=100_000).lazy()
-            return pl.scan_ndjson(path, infer_schema_length=100_000)
-    except (pl.exceptions.PolarsError, OSError) as err:
-        raise DataError(f"{path}: cannot be read: {str(err).splitlines()[0]}") from None
-    raise DataError(
-        f"{path}: unknown file type {suffix!r} (use .parquet, .csv, .jsonl, .ndjson or .json)"
-    )
-
-
-def _read_columns(
-    path: Path, wanted: list[tuple[str, str]], text_columns: list[str]
-) -> pl.DataFrame:
-    """The source columns ``wanted`` as (mapping key, column) of one file, names kept."""
-    frame = _scan(path, text_columns)
-    try:
-        available = frame.collect_schema().names()
-    except (pl.exceptions.PolarsError, OSError) as err:
-        raise DataError(f"{path}: cannot be read: {str(err).splitlines()[0]}") from None
-    for key, column in wanted:
-        if column not in available:
-            raise DataError(
-                f"{path}: column {column!r} (mapping key '{key}') not found; columns: {available}"
-            )
-    try:
-        table = frame.select(list(dict.fromkeys(c for _, c in wanted))).collect()
-    except (pl.exceptions.PolarsError, OSError) as err:
-        raise DataError(f"{path}: cannot be read: {str(err).splitlines()[0]}") from None
-    if table.height == 0:
-        raise DataError(f"{path}: has no rows")
-    return table
-
-
-# ---------------------------------------------------------------------------------------
 # Column conversions
 # ---------------------------------------------------------------------------------------
 def _events_table(
@@ -307,10 +268,13 @@ def _events_table(
 ) -> pl.DataFrame:
     column = {canonical: name for canonical, (_, name) in sources.items()}
     unit = section.get("time_unit", "s")
+    for canonical in ("user_id", "item_id"):
+        _check_ids(frame, column[canonical], sources[canonical][0], path)
+    time = _epoch_seconds(frame, column["timestamp"], unit, path, unit_key="events.time_unit")
     columns = [
         pl.col(column["user_id"]).alias("user_id"),
         pl.col(column["item_id"]).alias("item_id"),
-        _epoch_seconds(frame, column["timestamp"], unit, path).alias("timestamp"),
+        time.alias("timestamp"),
     ]
     if "action_type" in column:
         columns.append(pl.col(column["action_type"]).cast(pl.Utf8).alias("action_type"))
@@ -330,6 +294,7 @@ def _items_table(
     path: Path,
 ) -> pl.DataFrame:
     column = {canonical: name for canonical, (_, name) in sources.items()}
+    _check_ids(frame, column["item_id"], sources["item_id"][0], path)
     columns = [pl.col(column["item_id"]).alias("item_id")]
     if "genres" in column:
         columns.append(_genres(frame, column["genres"], section.get("genres_sep"), path))
@@ -337,17 +302,30 @@ def _items_table(
         columns.append(pl.col(column["kind"]).cast(pl.Utf8).alias("kind"))
     if "release_ts" in column:
         unit = section.get("release_unit", "s")
-        release = _epoch_seconds(frame, column["release_ts"], unit, path, nullable=True)
+        release = _epoch_seconds(
+            frame, column["release_ts"], unit, path, nullable=True, unit_key="items.release_unit"
+        )
         columns.append(release.alias("release_ts"))
     return frame.select(*columns, *(pl.col(c) for c in extra))
 
 
 def _epoch_seconds(
-    frame: pl.DataFrame, column: str, unit: str, path: Path, nullable: bool = False
+    frame: pl.DataFrame,
+    column: str,
+    unit: str,
+    path: Path,
+    nullable: bool = False,
+    unit_key: str = "events.time_unit",
 ) -> pl.Expr:
-    """Int64 epoch seconds from numbers in ``unit``, ISO text, years, or datetime columns."""
+    """Int64 epoch seconds from numbers in ``unit``, ISO text, years, or datetime columns.
+
+    Raises DataError (with the line of the first case) for values that do not parse,
+    missing values unless ``nullable``, and numbers whose unit is evidently not ``unit``
+    (see :func:`_check_unit`; ``unit_key`` is the mapping key to fix).
+    """
     dtype = frame.schema[column]
     source = pl.col(column)
+    numbers = None  # the raw numbers, when the column holds numbers in ``unit``
     if isinstance(dtype, pl.Datetime):
         converted = source.dt.epoch("s")
     elif dtype == pl.Date:
@@ -356,14 +334,15 @@ def _epoch_seconds(
         if dtype != pl.Utf8:
             raise DataError(
                 f"{path}: column {column!r} holds {dtype} values, not ISO text; "
-                "set its unit to s, ms or us"
+                f"set its unit ('{unit_key}') to s, ms or us"
             )
         converted = _parse_iso(source)
     elif unit == "year":
         year = source.cast(pl.Utf8).str.strip_chars().str.extract(r"^(\d{4})$").cast(pl.Int32)
         converted = pl.date(year, 1, 1).cast(pl.Datetime("ms")).dt.epoch("s")
     elif dtype.is_integer():
-        converted = source.cast(pl.Int64) // _DIVISOR[unit]  # exact for large integers
+        numbers = source.cast(pl.Int64)
+        converted = numbers // _DIVISOR[unit]  # exact for large integers
     elif dtype.is_float() or dtype == pl.Utf8:
         numbers = source.str.strip_chars() if dtype == pl.Utf8 else source
         numbers = numbers.cast(pl.Float64, strict=False)
@@ -374,16 +353,59 @@ def _epoch_seconds(
     result = frame.select(converted.alias("_ts"), source.is_not_null().alias("_given"))
     failed = result["_given"] & result["_ts"].is_null()
     if failed.any():
-        example = frame[column].filter(failed)[0]
+        row = int(failed.arg_true()[0])
         raise DataError(
             f"{path}: column {column!r}: {failed.sum()} timestamps cannot be parsed as "
-            f"'{unit}' (e.g. {example!r})"
+            f"'{unit}' (e.g. {frame[column][row]!r}); the first on {locate(path, row)}"
         )
     if not nullable and not result["_given"].all():
+        row = int((~result["_given"]).arg_true()[0])
         raise DataError(
-            f"{path}: column {column!r}: {(~result['_given']).sum()} timestamps are missing"
+            f"{path}: column {column!r}: {(~result['_given']).sum()} timestamps are missing "
+            f"(the first on {locate(path, row)})"
         )
+    if numbers is not None:
+        raw = frame.select(numbers.median()).item()
+        _check_unit(result["_ts"].drop_nulls(), raw, unit, column, unit_key, path)
     return converted
+
+
+# Times of logged events, and release dates of what they watch, fall in this range: a
+# column whose numbers all land outside it in their stated unit, but inside it in another
+# unit, has the wrong unit in the mapping.
+_PLAUSIBLE = (315_532_800, 4_102_444_800)  # [1980-01-01, 2100-01-01)
+_END_OF_1970 = 31_536_000  # 1971-01-01
+_UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+
+
+def _check_unit(
+    seconds: pl.Series, median: float | None, unit: str, column: str, key: str, path: Path
+) -> None:
+    """Refuse numbers evidently in another unit than the mapping says.
+
+    Two signs, each only when another unit would put the column's median in 1980..2100:
+    every converted time falls before 1971 (e.g. seconds declared as ms: all users in one
+    January 1970), or the median converts to 2100 or later (ms declared as seconds).
+    """
+    if seconds.len() == 0 or median is None:
+        return
+    divisors = {**_DIVISOR, "ns": 1_000_000_000}
+    median_seconds = median / divisors[unit]
+    all_in_1970 = seconds.max() < _END_OF_1970 and seconds.min() > -_END_OF_1970
+    if not (all_in_1970 or median_seconds >= _PLAUSIBLE[1]):
+        return
+    guess = next(
+        (u for u, d in divisors.items() if _PLAUSIBLE[0] <= median / d < _PLAUSIBLE[1]), None
+    )
+    if guess is None or guess == unit:
+        return
+    low, high = iso(int(seconds.min())), iso(int(seconds.max()))
+    raise DataError(
+        f"{path}: column {column!r}: timestamps look like {_UNIT_NAMES[guess]}, but the "
+        f"mapping says {unit} ('{key}: {unit}'): read as {unit} they span "
+        f"{low} .. {high}; set '{key}: {guess}'"
+        + ("" if guess in _DIVISOR else " (or convert them: ns is not a unit option)")
+    )
 
 
 def _parse_iso(source: pl.Expr) -> pl.Expr:
@@ -406,11 +428,26 @@ def _number(frame: pl.DataFrame, column: str, path: Path) -> pl.Expr:
     parsed = source.str.strip_chars().cast(pl.Float64, strict=False)
     failed = frame.select(source.is_not_null() & parsed.is_null()).to_series()
     if failed.any():
+        row = int(failed.arg_true()[0])
         raise DataError(
             f"{path}: column {column!r}: {failed.sum()} values are not numbers "
-            f"(e.g. {frame[column].filter(failed)[0]!r})"
+            f"(e.g. {frame[column][row]!r}); the first on {locate(path, row)}"
         )
     return parsed
+
+
+def _check_ids(frame: pl.DataFrame, column: str, key: str, path: Path) -> None:
+    """Ids must be given: a null or blank id names the count and the first line."""
+    values = frame[column]
+    missing = values.is_null()
+    if values.dtype == pl.Utf8:
+        missing = missing | (values.str.strip_chars() == "")
+    if missing.any():
+        row = int(missing.arg_true()[0])
+        raise DataError(
+            f"{path}: column {column!r} (mapping key '{key}'): {missing.sum()} ids are "
+            f"missing or empty (of {frame.height} rows; the first on {locate(path, row)})"
+        )
 
 
 def _genres(frame: pl.DataFrame, column: str, separator: str | None, path: Path) -> pl.Expr:

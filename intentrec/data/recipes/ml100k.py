@@ -26,7 +26,7 @@ from pathlib import Path
 import polars as pl
 
 from intentrec.data.errors import DataError
-from intentrec.data.recipes import RawTables
+from intentrec.data.raw import RawTables
 from intentrec.data.recipes.movielens import LABELLED_INTENTS, release_from_year, split_genres
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,8 @@ from pathlib import Path
 import polars as pl
 
 from intentrec.data.errors import DataError
-from intentrec.data.recipes import RawTables
+from intentrec.data.raw import RawTables
+from intentrec.data.recipes.files import csv_problem
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,11 @@ def decode_text(path: Path) -> str:
 # Layouts
 # ---------------------------------------------------------------------------------------
 def _detect_layout(folder: Path) -> tuple[Path, str]:
+    if folder.is_file():
+        raise DataError(
+            f"{folder}: is a file; config key 'data.path' must be the MovieLens folder "
+            "(the extracted GroupLens zip)"
+        )
     if not folder.is_dir():
         raise DataError(f"{folder}: MovieLens folder not found (config key 'data.path')")
     for candidate in (folder, *_single_subfolder(folder)):
@@ -126,7 +132,13 @@ def _read_table(path: Path, text: str | None = None, **kwargs: object) -> pl.Dat
     try:
         frame = pl.read_csv(source, **kwargs)
     except (pl.exceptions.PolarsError, OSError) as err:
-        raise DataError(f"{path}: cannot be parsed: {str(err).splitlines()[0]}") from None
+        comma_csv = text is None and kwargs.get("separator", ",") == ","
+        problem = csv_problem(path) if comma_csv and kwargs.get("has_header", True) else None
+        raise DataError(
+            f"{path}: {problem}"
+            if problem
+            else f"{path}: cannot be parsed: {str(err).splitlines()[0]}"
+        ) from None
     if frame.height == 0:
         raise DataError(f"{path}: has no rows")
     return frame
@@ -137,6 +149,11 @@ def _read_csv_layout(ratings_file: Path, movies_file: Path) -> tuple[pl.DataFram
     movies = _read_table(movies_file, infer_schema=False)
     _require(ratings, ratings_file, ("userId", "movieId", "rating", "timestamp"))
     _require(movies, movies_file, ("movieId", "title", "genres"))
+    for frame, path in ((ratings, ratings_file), (movies, movies_file)):
+        if frame[frame.columns[-1]].null_count():  # a short line leaves the last field null
+            problem = csv_problem(path)
+            if problem:
+                raise DataError(f"{path}: {problem}")
     events = ratings.select(
         pl.col("userId").alias("user_id"),
         pl.col("movieId").alias("item_id"),
@@ -164,6 +181,7 @@ def _read_dat_layout(ratings_file: Path, movies_file: Path) -> tuple[pl.DataFram
             f"found {(ratings.width + 1) // 2} '::'-separated fields"
         )
     user, item, rating, timestamp = (ratings.columns[i] for i in (0, 2, 4, 6))
+    _check_complete(ratings, [user, item, rating, timestamp], ratings_file, "::")
     events = ratings.select(
         pl.col(user).alias("user_id"),
         pl.col(item).alias("item_id"),
@@ -202,6 +220,7 @@ def _read_100k_layout(
             f"{ratings_file}: expected 4 tab-separated fields (user, item, rating, "
             f"timestamp), found {ratings.width}"
         )
+    _check_complete(ratings, ratings.columns, ratings_file, "tab")
     events = ratings.rename(
         dict(zip(ratings.columns, ("user_id", "item_id", "rating", "timestamp")))
     ).select("user_id", "item_id", "timestamp", "rating")
@@ -269,6 +288,17 @@ def _cast_numbers(events: pl.DataFrame, path: Path) -> pl.DataFrame:
                 f"(e.g. {events[name].filter(bad)[0]!r})"
             )
     return cast
+
+
+def _check_complete(frame: pl.DataFrame, columns: list[str], path: Path, separator: str) -> None:
+    """Every line of a header-less ratings file has all four fields (a line is a row)."""
+    missing = frame.select(pl.any_horizontal(pl.col(c).is_null() for c in columns)).to_series()
+    if missing.any():
+        line = int(missing.arg_true()[0]) + 1
+        raise DataError(
+            f"{path}: {missing.sum()} lines lack a field; the first is line {line} (expected "
+            f"user, item, rating, timestamp, {separator}-separated)"
+        )
 
 
 def _require(frame: pl.DataFrame, path: Path, columns: tuple[str, ...]) -> None:

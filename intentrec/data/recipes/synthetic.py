@@ -32,6 +32,11 @@ is linear in the number of events. A user's first session is always ``discover``
 ``binge_genre`` (there is no history to continue or rewatch), and a ``continue`` session
 with no show in the user's history becomes ``discover`` (its planted label says so).
 Heavy users whose sessions do not fit in ``cfg.days`` run past the nominal span.
+
+Why one file of ~500 lines: the generator is one seeded algorithm, and the order in
+which its steps draw from the single RNG stream fixes every table a seed produces; kept
+together, that order reads top to bottom in :func:`generate`. This docstring is its
+specification (the tests check each property it states).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ import polars as pl
 
 from intentrec.config import SyntheticConfig
 from intentrec.data.errors import DataError
-from intentrec.data.recipes import RawTables
+from intentrec.data.raw import RawTables
 
 START_TS = 1_704_067_200  # 2024-01-01T00:00:00Z, first possible event
 DAY_S = 86_400
