@@ -46,7 +46,7 @@ from intentrec.config import ConfigError
 from intentrec.data.cache import CachedData, load_cache
 from intentrec.data.features import unpack_multi_hot
 from intentrec.data.prepare import Prepared, prepare
-from intentrec.data.recipes import RawTables
+from intentrec.data.raw import RawTables
 from intentrec.data.schema import DataSchema
 from intentrec.data.splits import SPLIT_NAMES
 

@@ -12,7 +12,7 @@ import torch
 
 from intentrec import batch as B
 from intentrec.config import ConfigError, base_config
-from intentrec.data.recipes import RawTables
+from intentrec.data.raw import RawTables
 from intentrec.data.splits import split_table
 from intentrec.datamodule import IntentRecDataModule, WindowDataset
 from tests.data.test_features import random_raw, tiny_raw
