@@ -97,6 +97,13 @@ class ModelConfig:
     unit_norm_blocks: bool = True
     intent_heads: list[str] | None = None  # subset of the data's intents; None = all, [] = none
     intent_proj_dim: int = 32  # d_proj of Proj_i
+    # Hierarchical variants: the intent transformer reads [F_k ⊕ S_k] without gradient, so the
+    # intent losses (and the item loss's path through Z_k) do not train the input embeddings.
+    detach_intent_inputs: bool = False
+    # Where hour, weekday and time gap enter: both (F_k features and the timestamp encoding),
+    # inputs (F_k only; the encoding keeps the recency position), encoding (the timestamp
+    # encoding only; left out of F_k). One of TIME_FEATURE_PLACES.
+    time_features: str = "both"
     exclude_features: list[str] = field(
         default_factory=list
     )  # input features left out of F_k (feature ablations)
@@ -122,6 +129,15 @@ class LossConfig:
     item_loss: str = "full"  # full | sampled (logQ-corrected sampled softmax)
     num_negatives: int = 1024  # for sampled item loss
     label_smoothing: float = 0.0
+    # Multi-label intents (genre): BCE summed over the classes (the Bernoulli likelihood) or
+    # averaged over them (a per-class scale: with many classes the sum outweighs the item loss).
+    multi_label_reduction: str = "sum"  # sum | mean
+    # fixed: L = L_item + λ Σ_i w_i L_intent_i. uncertainty (Kendall et al., CVPR 2018): one
+    # learned log-variance s_t per task, L = Σ_t exp(-s_t) L_t + s_t / 2; λ and w_i unused.
+    weighting: str = "fixed"  # fixed | uncertainty
+    # Every N training steps, log ||∂(weighted loss part)/∂(input embeddings)|| per part as
+    # train/grad_norm/<part> (one extra backward pass per part on those steps); 0 = off.
+    grad_norm_every: int = 0
 
 
 @dataclass
@@ -207,6 +223,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model.sasrec_loss": ("ce", "bce"),
     "model.gru_loss": ("ce", "sampled"),
     "loss.item_loss": ("full", "sampled"),
+    "loss.multi_label_reduction": ("sum", "mean"),
+    "loss.weighting": ("fixed", "uncertainty"),
+    "model.time_features": ("both", "inputs", "encoding"),
     "optim.name": ("adamw", "adam", "adagrad"),
     "optim.schedule": ("cosine", "constant"),
     "logging.wandb_mode": ("offline", "online", "disabled"),
@@ -373,6 +392,7 @@ RANGES: dict[str, Range | Each | Batches] = {
     "loss.head_weights": Each(NON_NEGATIVE),
     "loss.num_negatives": AT_LEAST_1,
     "loss.label_smoothing": FRACTION,
+    "loss.grad_norm_every": NON_NEGATIVE,
     "optim.lr": POSITIVE,
     "optim.weight_decay": NON_NEGATIVE,
     "optim.betas": Each(FRACTION, length=2),

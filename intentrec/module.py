@@ -3,7 +3,7 @@
 The network is a plain ``nn.Module`` (see ``intentrec.models``) returning a
 :class:`~intentrec.models.output.ModelOutput`; this module owns everything around it:
 
-* ``L = L_item + λ Σ_i w_i L_intent_i``; every part is weighted by the target's duration
+* ``L = L_item + λ Σ_i w_i L_intent_i`` (or uncertainty weighting, ``loss.weighting``); every part is weighted by the target's duration
   weight and normalised by the sum of the weights that entered it, so the loss scale does
   not depend on batch size; padding and non-target positions are masked out of every part.
 * exact full-catalogue ranking metrics (chunked over the catalogue, pessimistic ties) and
@@ -74,6 +74,10 @@ class IntentRecModule(pl.LightningModule):
             )
         self.head_names: list[str] = list(getattr(self.model, "intent_names", []))
         self.item_objective = self.model.item_loss(self.cfg.loss)
+        # loss.weighting=uncertainty: log-variances s_t of the item task and each head.
+        self.task_log_vars: nn.Parameter | None = None
+        if self.cfg.loss.weighting == "uncertainty":
+            self.task_log_vars = nn.Parameter(torch.zeros(1 + len(self.head_names)))
         monitor = str(self.cfg.trainer.monitor)
         if monitor.startswith(("val/intent/", "val/head_weight/")):
             head = monitor.split("/")[2]
@@ -290,12 +294,15 @@ class IntentRecModule(pl.LightningModule):
         """Per-target intent loss and a validity mask. logits [N, C]; labels [N] or [N, C].
 
         Multi-label intents use the negative log-likelihood of independent Bernoullis, i.e.
-        BCE summed over classes; rows with no positive label carry no intent and are skipped.
+        BCE summed over classes (``loss.multi_label_reduction=mean``: averaged over them);
+        rows with no positive label carry no intent and are skipped.
         """
         if spec.kind == "multi":
             valid = labels.sum(-1) > 0  # [N]
-            loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").sum(-1)
-            return loss, valid
+            per_class = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+            if self.cfg.loss.multi_label_reduction == "mean":
+                return per_class.mean(-1), valid  # [N]
+            return per_class.sum(-1), valid  # [N]
         valid = labels != B.IGNORE_INDEX
         loss = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")
         return loss, valid
@@ -309,8 +316,6 @@ class IntentRecModule(pl.LightningModule):
         parts: dict[str, Tensor] = {}
         item = self.item_loss(hidden, targets)  # [N]
         parts["item"] = (item * weights).sum() / weights.sum().clamp_min(1e-12)
-        total = parts["item"]
-        lam = self.cfg.loss.intent_weight
         for name in self.head_names:
             spec = self.intent_specs[name]
             loss, valid = self.intent_loss(
@@ -318,16 +323,48 @@ class IntentRecModule(pl.LightningModule):
             )
             w = weights * valid
             parts[f"intent/{name}"] = (loss * w).sum() / w.sum().clamp_min(1e-12)
-            head_w = float(self.cfg.loss.head_weights.get(name, 1.0))
-            total = total + lam * head_w * parts[f"intent/{name}"]
-        parts["loss"] = total
+        parts["loss"] = sum(self.weighted_losses(parts).values())
         return parts
+
+    def weighted_losses(self, parts: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Each part's term in the total: ``item`` -> L_item, ``intent/<name>`` -> λ w_i L_i
+        (``loss.weighting=fixed``) or ``exp(-s_t) L_t + s_t / 2`` with learned s_t
+        (``uncertainty``, Kendall et al. 2018)."""
+        names = ["item", *(f"intent/{n}" for n in self.head_names)]
+        if self.task_log_vars is not None:
+            s = self.task_log_vars  # [1 + M]
+            return {n: torch.exp(-s[i]) * parts[n] + 0.5 * s[i] for i, n in enumerate(names)}
+        lam = self.cfg.loss.intent_weight
+        out = {"item": parts["item"]}
+        for name in self.head_names:
+            head_w = float(self.cfg.loss.head_weights.get(name, 1.0))
+            out[f"intent/{name}"] = lam * head_w * parts[f"intent/{name}"]
+        return out
+
+    def _log_gradient_norms(self, parts: dict[str, Tensor], n_targets: int) -> None:
+        """||∂(weighted part)/∂(shared input embeddings)|| per loss part: which loss drives
+        the embeddings every part trains (one extra backward pass per part)."""
+        shared = [p for p in self.model.shared_input_parameters() if p.requires_grad]
+        for name, term in self.weighted_losses(parts).items():
+            grads = torch.autograd.grad(term, shared, retain_graph=True, allow_unused=True)
+            squares = [(g.float() ** 2).sum() for g in grads if g is not None]
+            # No path to the embeddings (model.detach_intent_inputs): a norm of 0.
+            norm = torch.stack(squares).sum().sqrt() if squares else torch.zeros(())
+            self.log(f"train/grad_norm/{name}", norm, batch_size=n_targets)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self(batch)
         parts = self.compute_losses(batch, out)
         n_targets = int(batch[B.TARGET_MASK].sum())
+        every = self.cfg.loss.grad_norm_every
+        # Single process only: autograd.grad would fire DDP's gradient-ready hooks.
+        if every and batch_idx % every == 0 and self.trainer.world_size == 1:
+            self._log_gradient_norms(parts, n_targets)
         self.log("train/loss", parts["loss"], prog_bar=True, batch_size=n_targets)
+        if self.task_log_vars is not None:  # the weights uncertainty weighting has learned
+            names = ["item", *(f"intent/{n}" for n in self.head_names)]
+            for name, s in zip(names, self.task_log_vars.detach()):
+                self.log(f"train/task_weight/{name}", torch.exp(-s), batch_size=n_targets)
         for key, value in parts.items():
             if key != "loss":
                 self.log(f"train/loss/{key}", value, batch_size=n_targets)

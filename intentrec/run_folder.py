@@ -42,6 +42,7 @@ RESULT_NEUTRAL_KEYS = (
     "data.eval_batch_size",
     "eval.chunk_size",
     "eval.save_per_target",
+    "loss.grad_norm_every",
 )
 
 

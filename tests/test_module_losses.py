@@ -171,3 +171,36 @@ def test_full_loss_backpropagates_through_a_saturating_final_activation() -> Non
     loss.backward()
     assert hidden.grad is not None and torch.isfinite(hidden.grad).all()
     assert torch.isinf(module.full_scores(hidden.detach())[:, 0]).all()
+
+
+def test_multi_label_mean_reduction_divides_the_genre_loss_by_its_classes(setup) -> None:
+    module, _, _, batch = setup
+    summed = module.compute_losses(batch, module.model(batch))
+    module.cfg.loss.multi_label_reduction = "mean"
+    averaged = module.compute_losses(batch, module.model(batch))
+    assert averaged["intent/genre"].item() == pytest.approx(summed["intent/genre"].item() / 2)
+    assert averaged["intent/action"].item() == pytest.approx(summed["intent/action"].item())
+
+
+def test_uncertainty_weighting_learns_one_log_variance_per_task(setup) -> None:
+    module, _, _, batch = setup
+    parts = module.compute_losses(batch, module.model(batch))
+    module.task_log_vars = nn.Parameter(torch.tensor([0.0, 1.0, -0.5]))
+    total = module.compute_losses(batch, module.model(batch))["loss"]
+    expected = (
+        parts["item"]
+        + math.exp(-1.0) * parts["intent/action"]
+        + 0.5
+        + math.exp(0.5) * parts["intent/genre"]
+        - 0.25
+    )
+    assert total.item() == pytest.approx(expected.item(), rel=1e-6)  # λ and w_i unused
+    total.backward()
+    assert module.task_log_vars.grad is not None and (module.task_log_vars.grad != 0).all()
+
+
+def test_uncertainty_weighting_is_a_module_parameter_the_optimiser_sees() -> None:
+    cfg = load(overrides=["model.name=sasrec", "loss.weighting=uncertainty"])
+    module = IntentRecModule(cfg, _schema())
+    assert module.task_log_vars is not None and module.task_log_vars.shape == (1,)  # no heads
+    assert any(p is module.task_log_vars for p in module.parameters())

@@ -8,6 +8,7 @@ wandb logs offline without a network; the CLI writes summaries and reports bad k
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -255,6 +256,23 @@ def test_same_seed_same_metrics_other_seed_other_metrics(trained_run: TrainedRun
     second = result_metrics(read_metrics(run_dir(other)))
     assert second.keys() == first.keys()
     assert second != first
+
+
+def test_gradient_norms_per_loss_part_are_logged(tiny_cfg) -> None:
+    cfg = tiny_cfg(
+        "variant=V3",
+        "trainer.max_epochs=1",
+        "loss.grad_norm_every=1",
+        "trainer.log_every_n_steps=1",
+    )
+    train_run(cfg)
+    rows = list(csv.DictReader((run_dir(cfg) / "logs" / "metrics.csv").open()))
+    logged = {k for row in rows for k, v in row.items() if v}
+    heads = ("action_type", "genre", "kind", "release_bucket")
+    expected = {"train/grad_norm/item", *(f"train/grad_norm/intent/{i}" for i in heads)}
+    assert expected <= logged, sorted(logged)
+    norms = [float(r["train/grad_norm/item"]) for r in rows if r.get("train/grad_norm/item")]
+    assert norms and all(math.isfinite(n) and n > 0 for n in norms)
 
 
 class Killed(RuntimeError):

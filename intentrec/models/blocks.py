@@ -245,7 +245,8 @@ def sinusoidal(values: Tensor, periods: Tensor) -> Tensor:
 class TimeEncoding(nn.Module):
     """Causal positional encoding from timestamps, added to a transformer's input.
 
-    The sum of four terms, each computed from event k (and k-1) only, so it is causal:
+    The sum of four terms (the first only with ``calendar=False``), each computed from event
+    k (and k-1) only, so it is causal:
 
     * a learned **recency position** embedding: index ``max_len - seq_len + k``, so the most
       recent event always has index ``max_len - 1`` whatever the left padding (as SASRec);
@@ -260,9 +261,12 @@ class TimeEncoding(nn.Module):
 
     n_periods = 16
 
-    def __init__(self, d_model: int, max_len: int):
+    def __init__(self, d_model: int, max_len: int, calendar: bool = True):
         super().__init__()
         self.max_len = max_len
+        # calendar=False keeps the recency position only: the gap, hour and weekday then
+        # enter as F_k features alone (model.time_features=inputs), not twice.
+        self.calendar = calendar
         self.position = nn.Embedding(max_len, d_model)
         self.register_buffer(
             "periods",
@@ -281,6 +285,9 @@ class TimeEncoding(nn.Module):
         positions = torch.arange(
             self.max_len - seq_len, self.max_len, device=timestamps.device
         )  # [L]
+        recency = self.position(positions).unsqueeze(0)  # [1, L, d]
+        if not self.calendar:
+            return recency.expand(batch, -1, -1)  # [B, L, d]
         prev = torch.cat([timestamps[:, :1], timestamps[:, :-1]], dim=1)  # [B, L]
         prev_real = torch.cat([padding_mask[:, :1], padding_mask[:, :-1]], dim=1)  # [B, L]
         prev_real[:, 0] = False
@@ -290,7 +297,7 @@ class TimeEncoding(nn.Module):
         # 1970-01-01 was a Thursday: +3 makes Monday = 0.
         weekday = (torch.div(timestamps, SECONDS_PER_DAY, rounding_mode="floor") + 3) % 7  # [B, L]
         return (
-            self.position(positions).unsqueeze(0)  # [1, L, d]
+            recency  # [1, L, d]
             + self.gap(sinusoidal(log_gap, self.periods))  # [B, L, d]
             + self.hour(hour)  # [B, L, d]
             + self.weekday(weekday)  # [B, L, d]

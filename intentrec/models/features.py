@@ -20,6 +20,10 @@ from intentrec import batch as B
 from intentrec.config import ConfigError
 from intentrec.data.schema import DataSchema
 
+# Input features derived from the timestamp alone: TimeEncoding computes the same quantities,
+# so model.time_features decides whether they enter F_k, the encoding, or both.
+TIME_FEATURES = ("hour", "weekday", "time_gap")
+
 
 class FeatureEmbedding(nn.Module):
     """Maps a batch to F [batch, seq_len, out_dim]; ``out_dim`` is known after construction."""

@@ -287,6 +287,13 @@ class GRU4Rec(nn.Module):
             return F.elu(scores, alpha=self.final_act_param)
         return F.leaky_relu(scores, negative_slope=self.final_act_param)
 
+    def shared_input_parameters(self) -> list[nn.Parameter]:
+        """The input item table (see ``IntentRec.shared_input_parameters``)."""
+        first = self.layers[0]
+        if isinstance(first, OneHotGRULayer):
+            return [first.input_gates.weight]
+        return [self.input_embedding.weight]
+
     def item_loss(self, loss_cfg: Any) -> ItemLoss:
         """``sampled``: the official loss (in-batch targets + shared samples, see the module
         docstring); ``ce``: the run's ``loss.*`` choice (full softmax by default)."""

@@ -66,7 +66,7 @@ from intentrec.models.blocks import (
     additive_mask,
     attention_mask,
 )
-from intentrec.models.features import FeatureEmbedding
+from intentrec.models.features import TIME_FEATURES, FeatureEmbedding
 from intentrec.models.item_loss import ItemLoss
 from intentrec.models.output import ModelOutput
 
@@ -94,7 +94,7 @@ class SequenceEncoder(nn.Module):
         super().__init__()
         self.proj = nn.Linear(d_in, cfg.d_model)
         self.ln_in = nn.LayerNorm(cfg.d_model)
-        self.time = TimeEncoding(cfg.d_model, max_len)
+        self.time = TimeEncoding(cfg.d_model, max_len, calendar=cfg.time_features != "inputs")
         self.dropout = Dropout(cfg.dropout)
         self.transformer = TransformerEncoder(cfg.d_model, n_layers, cfg.n_heads, cfg.dropout)
         self.n_layers = n_layers
@@ -148,10 +148,18 @@ class IntentRec(nn.Module):
         self.short_term_window_s: int | None = cfg.short_term_window_s if cfg.short_term else None
         self.tie_item_embeddings: bool = cfg.tie_item_embeddings
         self.unit_norm_blocks: bool = bool(cfg.unit_norm_blocks)
+        self.detach_intent_inputs: bool = bool(cfg.detach_intent_inputs)
+        if self.detach_intent_inputs and not self.hierarchical:
+            raise ConfigError(
+                "config key 'model.detach_intent_inputs': needs a hierarchical variant with "
+                "intent heads (V2/V3); in V0/V1 one transformer serves every loss"
+            )
 
-        self.features = FeatureEmbedding(
-            schema, cfg.d_model, cfg.feature_dim, exclude=list(cfg.exclude_features or [])
-        )
+        exclude = list(cfg.exclude_features or [])
+        if cfg.time_features == "encoding":  # the timestamp encoding carries them instead
+            present = {spec.name for spec in schema.features}
+            exclude += [n for n in TIME_FEATURES if n in present and n not in exclude]
+        self.features = FeatureEmbedding(schema, cfg.d_model, cfg.feature_dim, exclude=exclude)
         d_f = self.features.out_dim
         self.short_term = (
             SequenceEncoder(d_f, cfg, cfg.short_term_layers, max_len) if cfg.short_term else None
@@ -227,7 +235,8 @@ class IntentRec(nn.Module):
         logits: dict[str, Tensor] = {}
         head_weights = z_k = None
         if self.intent_encoder is not None and self.intent_embedding is not None:
-            e_intent = self.intent_encoder(x, timestamps, padding_mask, causal)  # [B, L, d]
+            x_intent = x.detach() if self.detach_intent_inputs else x  # [B, L, d_F (+ d)]
+            e_intent = self.intent_encoder(x_intent, timestamps, padding_mask, causal)  # [B, L, d]
             internals["intent_hidden"] = e_intent
             logits = self._intent_logits(e_intent)  # name -> [B, L, C_i]
             z_k, head_weights = self.intent_embedding(logits)  # [B, L, d_proj], [B, L, M]
@@ -269,6 +278,11 @@ class IntentRec(nn.Module):
         if self.item_head is not None:
             return self.item_head.weight, self.item_head.bias
         return self.features.item_embedding.weight, self.item_bias
+
+    def shared_input_parameters(self) -> list[nn.Parameter]:
+        """The input embeddings (F_k), which every loss part trains: the module measures
+        each part's gradient on them (``loss.grad_norm_every``)."""
+        return list(self.features.parameters())
 
     def item_loss(self, loss_cfg: Any) -> ItemLoss:
         """The run's ``loss.*`` choice: full softmax (default) or logQ-sampled softmax."""

@@ -137,6 +137,10 @@ class SASRec(nn.Module):
         """(item embedding table [num_items, d], None): SASRec scores with the shared table."""
         return self.item_embedding.weight, None
 
+    def shared_input_parameters(self) -> list[nn.Parameter]:
+        """The item table every loss trains (see ``IntentRec.shared_input_parameters``)."""
+        return [self.item_embedding.weight]
+
     def item_loss(self, loss_cfg: Any) -> ItemLoss:
         """``bce``: the original's one uniform negative; ``ce``: the run's ``loss.*`` choice."""
         return ItemLoss("bce") if self.loss_name == "bce" else ItemLoss.from_config(loss_cfg)

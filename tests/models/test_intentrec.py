@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import Tensor
 
 from intentrec import batch as B
+from intentrec.config import ConfigError
+from intentrec.data.schema import DataSchema, FeatureSpec
 from intentrec.models import build_model
 from intentrec.models.blocks import attention_mask
 from intentrec.models.features import FeatureEmbedding
-from intentrec.models.intentrec import IntentEmbedding
+from intentrec.models.intentrec import IntentEmbedding, IntentRec
 from tests.models.conftest import BASE_TS, SEQ_LEN, make_batch, small_config, tiny_schema
 
 DAY = 86400
@@ -214,3 +218,59 @@ def test_excluded_features_leave_f_k_and_do_not_change_outputs(schema, batch) ->
     torch.testing.assert_close(reduced(batch), reduced(changed))
     with pytest.raises(ValueError, match="model.exclude_features"):
         FeatureEmbedding(schema, 16, 4, exclude=["no_such_feature"])
+
+
+def schema_with_time_features() -> DataSchema:
+    schema = tiny_schema()
+    return dataclasses.replace(
+        schema,
+        features=[
+            *schema.features,
+            FeatureSpec("hour", "categorical", cardinality=25),
+            FeatureSpec("time_gap", "numeric"),
+        ],
+    )
+
+
+def test_time_features_enter_f_k_the_encoding_or_both() -> None:
+    schema = schema_with_time_features()
+    batch = make_batch(schema)
+
+    def model(where: str) -> IntentRec:
+        torch.manual_seed(0)
+        return build_model(small_config(name="intentrec", time_features=where), schema, SEQ_LEN)
+
+    both, inputs, encoding = model("both"), model("inputs"), model("encoding")
+    assert {"hour", "time_gap"} <= set(both.features.feature_names)
+    assert {"hour", "time_gap"} <= set(inputs.features.feature_names)
+    assert not {"hour", "time_gap"} & set(encoding.features.feature_names)
+    assert encoding.features.out_dim == both.features.out_dim - 4 - 1  # feature_dim 4, 1 col
+    # inputs: the encoding keeps the recency position only, whatever the timestamps say.
+    time = inputs.item_encoder.time
+    shifted = batch[B.TIMESTAMP] + 3 * 3600 * batch[B.PADDING_MASK]
+    torch.testing.assert_close(
+        time(batch[B.TIMESTAMP], batch[B.PADDING_MASK]), time(shifted, batch[B.PADDING_MASK])
+    )
+    full = both.item_encoder.time
+    assert not torch.allclose(
+        full(batch[B.TIMESTAMP], batch[B.PADDING_MASK]), full(shifted, batch[B.PADDING_MASK])
+    )
+    for m in (both, inputs, encoding):
+        assert m(batch).hidden.shape[:2] == batch[B.ITEM].shape
+
+
+def test_detached_intent_inputs_keep_intent_losses_off_the_input_embeddings(batch) -> None:
+    for detach, expect_grad in ((False, True), (True, False)):
+        model = build(variant="V3", detach_intent_inputs=detach).train()
+        out = model(batch)
+        intent_loss = sum(logits.pow(2).mean() for logits in out.intent_logits.values())
+        intent_loss.backward()
+        grads = [p.grad for p in model.features.parameters()]
+        reached = any(g is not None and g.abs().sum() > 0 for g in grads)
+        assert reached is expect_grad, detach
+        # the item loss still trains the embeddings through the item transformer
+        model.zero_grad()
+        model(batch).hidden.pow(2).mean().backward()
+        assert model.features.item_embedding.weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="model.detach_intent_inputs"):
+        build(variant="V1", detach_intent_inputs=True)
