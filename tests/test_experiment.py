@@ -381,3 +381,14 @@ def test_summary_shows_the_interval_over_users_and_says_what_it_means(
     rows = {r["variant"]: r for r in csv.DictReader((exp.out_dir / "summary.csv").open())}
     assert float(rows["same"]["diff"]) == 0.0 and rows["base"]["ci_low"] == ""
     assert float(rows["better"]["ci_low"]) > 0
+
+
+def test_a_bad_trainer_setting_in_any_variant_fails_before_the_first_run_trains(
+    tmp_path: Path, fake: FakeTrainer
+) -> None:
+    text = EXPERIMENT_YAML.replace("      d_model: 32", "      d_model: 32\n    trainer.devices: 3")
+    exp = ex.load_experiment(write_exp(tmp_path, text), overrides(tmp_path))
+    for dry_run in (True, False):
+        with pytest.raises(ConfigError, match="data.batch_size.*world size 3"):
+            ex.run_experiment(exp, dry_run=dry_run)
+    assert fake.calls == [] and not (tmp_path / "runs").exists()

@@ -37,13 +37,21 @@ def train_run(cfg: DictConfig) -> dict[str, float]:
 def run_experiment(exp: Experiment, *, dry_run: bool = False) -> Path:
     """Run every variant × seed (skipping finished runs), then write and print the summary.
 
-    Returns the path of ``summary.md``. With ``dry_run`` only the plan is printed and
-    nothing is trained or written. A finished run whose saved config differs from the
+    Returns the path of ``summary.md``. Every run still to train passes
+    :func:`intentrec.preflight.preflight` first. With ``dry_run`` only the plan is printed
+    and nothing is trained or written. A finished run whose saved config differs from the
     current one is an error (its numbers would be mislabelled), naming the changed keys.
     """
     from rich.console import Console
     from rich.table import Table
 
+    from intentrec.preflight import preflight
+
+    # Every run's trainer/DDP settings before the first trains (and in a dry run): a bad
+    # variant must not be found after hours of the others, nor leave a folder behind.
+    for run in exp.runs:
+        if finished_metrics(run.cfg) is None:
+            preflight(run.cfg)
     console = Console()
     plan = Table(
         title=f"{exp.name}: {len(exp.runs)} runs",
