@@ -9,6 +9,13 @@
 * each ``numeric`` feature as one column (already normalised to ~[0, 1] by the data side).
 
 Features are concatenated in schema order, so the layout of F_k is fixed by the schema.
+
+The item id's share of F_k (defaults: d_model 64, feature_dim 16): on synthetic data F_k
+has 148 columns, 64 of them the item embedding (43%; 4 categorical + 1 multi-categorical
+embeddings, 4 numeric columns); with ``model.time_features=encoding`` (hour, weekday and
+time gap only in the timestamp encoding) 115 columns, 56% item. On ml-100k: 131 columns,
+49% item (65% with ``encoding``). The input projection sees every column, so a block's
+share of F_k is also roughly its share of the projection's input.
 """
 
 from __future__ import annotations
