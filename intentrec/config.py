@@ -38,6 +38,12 @@ class SyntheticConfig:
     genres: int = 12  # number of genres
     show_fraction: float = 0.4  # fraction of items that are shows (vs movies)
     zipf: float = 1.1  # item popularity exponent
+    # Known-answer setting (DESIGN.md section 6), off by default: the planted session
+    # intent picks items from its own quarter of the catalogue but no input feature shows
+    # it (action_type becomes the planted intent as a next-event LABEL only; genre, kind,
+    # release date, duration and session length no longer depend on the intent). See
+    # intentrec/data/recipes/synthetic.py.
+    hidden_intent: bool = False
 
 
 @dataclass
@@ -86,6 +92,12 @@ class ModelConfig:
     unit_norm_blocks: bool = False
     intent_heads: list[str] | None = None  # subset of the data's intents; None = all, [] = none
     intent_proj_dim: int = 32  # d_proj of Proj_i
+    # Diagnostics, not models (hierarchical variants only; see the IntentRec docstring):
+    # feed the TRUE next-event intents into Z_k instead of the heads' predictions (an
+    # upper bound on what intent prediction can buy), or feed Z_k = 0 (the item transformer
+    # gets no intent information; the intent heads still train).
+    oracle_intents: bool = False
+    zero_intent_embedding: bool = False
     exclude_features: list[str] = field(
         default_factory=list
     )  # input features left out of F_k (feature ablations)

@@ -142,16 +142,19 @@ def prepare(data_cfg: Any, raw: RawTables | None = None) -> Prepared:
     user_raw, user_distinct = dense_codes(events["user_id"])  # [n_raw] codes 1..U_raw
     item_raw, item_distinct = dense_codes(events["item_id"])  # [n_raw] codes 1..I_raw
     timer.lap("encode")
+    extra: dict[str, Any] = {
+        "dataset": raw.name,
+        "intents": raw.intents,
+        "weight_column": raw.weight_column,
+        "hidden": sorted(hidden),
+        "recipe_dropped": raw.dropped,
+    }
+    if raw.label_only_columns:  # only when set, so existing fingerprints do not change
+        extra["label_only"] = sorted(raw.label_only_columns)
     digest = fingerprint(
         {"events": events, "items": raw.items},
         fingerprint_config(data_cfg),
-        extra={
-            "dataset": raw.name,
-            "intents": raw.intents,
-            "weight_column": raw.weight_column,
-            "hidden": sorted(hidden),
-            "recipe_dropped": raw.dropped,
-        },
+        extra=extra,
         id_codes={
             "events.user_id": (user_raw, user_distinct),
             "events.item_id": (item_raw, item_distinct),
@@ -274,6 +277,7 @@ def _build(
         session_position=session_position,
         split=split.tags,
         hidden=hidden,
+        label_only=frozenset(raw.label_only_columns),
     )
     train_targets = ev.train_targets
     if not train_targets.any():
