@@ -98,6 +98,10 @@ class ModelConfig:
     # gets no intent information; the intent heads still train).
     oracle_intents: bool = False
     zero_intent_embedding: bool = False
+    # The intent encoder reads [F_k ⊕ S_k] detached: the intent losses then train only the
+    # intent encoder, heads and Z_k, not the embeddings and S_k the item path shares; with
+    # zero_intent_embedding it cuts every route from intent labels to the item ranking.
+    detach_intent_input: bool = False
     exclude_features: list[str] = field(
         default_factory=list
     )  # input features left out of F_k (feature ablations)

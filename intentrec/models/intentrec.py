@@ -53,7 +53,11 @@ never a result to compare with baselines.
   the same way as training.
 * ``zero_intent_embedding``: ``Z_k = 0`` (after ``_block``), so the item transformer gets
   no intent information; the intent encoder and heads still train on the intent losses.
-  With a correctly wired V3, this ablation must lose the gain that intents bring.
+  NB: the heads' losses still shape the item embeddings and ``S_k`` that the item path
+  shares (multi-task learning), which is a second route from intent labels to the ranking.
+* ``detach_intent_input``: the intent encoder reads ``[F_k ⊕ S_k]`` detached, closing that
+  second route; the intent losses train only the intent encoder, the heads and ``Z_k``.
+  With ``zero_intent_embedding`` too, no intent information reaches the ranking at all.
 
 Output: ``hidden`` is ``E^item`` projected by a Linear to the item-embedding size when
 ``tie_item_embeddings`` (scores = ``hidden @ E_item.T + b``, ``b`` a learned per-item bias,
@@ -202,6 +206,7 @@ class IntentRec(nn.Module):
         # Diagnostics (module docstring): only meaningful where there is a Z_k.
         self.oracle_intents: bool = bool(getattr(cfg, "oracle_intents", False))
         self.zero_intent_embedding: bool = bool(getattr(cfg, "zero_intent_embedding", False))
+        self.detach_intent_input: bool = bool(getattr(cfg, "detach_intent_input", False))
         if self.oracle_intents and self.zero_intent_embedding:
             raise ValueError(
                 "config keys 'model.oracle_intents' and 'model.zero_intent_embedding' "
@@ -286,7 +291,8 @@ class IntentRec(nn.Module):
         logits: dict[str, Tensor] = {}
         head_weights = z_k = None
         if self.intent_encoder is not None and self.intent_embedding is not None:
-            e_intent = self.intent_encoder(x, timestamps, padding_mask, causal)  # [B, L, d]
+            x_intent = x.detach() if self.detach_intent_input else x
+            e_intent = self.intent_encoder(x_intent, timestamps, padding_mask, causal)  # [B,L,d]
             internals["intent_hidden"] = e_intent
             logits = self._intent_logits(e_intent)  # name -> [B, L, C_i]
             oracle = None

@@ -29,9 +29,11 @@ completion that is partial more often for discover than for continue.
 
 Known-answer setting (``cfg.hidden_intent``, off by default; DESIGN.md section 6): the
 planted intent shapes item choice but no input feature reveals it, and it is the intent
-LABEL of the next event. Each intent owns a quarter of the catalogue (a random partition,
-independent of genre, kind, release date and popularity), and every event is a
-popularity-weighted draw among its intent's items released by then. Nothing else depends
+LABEL of the next event. The catalogue is ``items // 4`` *titles*, each in four clones,
+one per intent, identical in genres, kind, release date, runtime and popularity (ids
+shuffled); an event draws a released title by popularity, independently of the intent,
+and watches its intent's clone. So the intent decides exactly which items follow (each
+item belongs to one intent), yet no item attribute differs between intents. Nothing else depends
 on the intent: every intent has the same mean session length (``HIDDEN_SESSION_EVENTS``)
 and partial-watch rate (``HIDDEN_PARTIAL_WATCH_RATE``), first sessions draw from the full
 intent mix, and ``action_type`` is the planted intent's label exactly but is declared
@@ -50,7 +52,7 @@ Heavy users whose sessions do not fit in ``cfg.days`` run past the nominal span.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -157,30 +159,32 @@ def generate(cfg: SyntheticConfig, seed: int) -> RawTables:
 
 def _generate_hidden_intent(cfg: SyntheticConfig, seed: int) -> RawTables:
     """``cfg.hidden_intent``: the known-answer log (module docstring). Same tables as
-    :func:`generate`; ``action_type`` is the planted intent and label-only."""
+    :func:`generate`; ``action_type`` is the planted intent and label-only.
+
+    The catalogue is ``cfg.items // 4`` titles, each in 4 clones (one per intent) with the
+    title's genres, kind, release date, runtime and popularity; item ids are shuffled.
+    An event draws a released title by popularity (independent of the intent) and watches
+    its intent's clone.
+    """
     rng = np.random.default_rng(seed)
-    catalogue = _make_catalogue(cfg, rng)
-    item_intent = rng.permutation(cfg.items) % len(INTENTS)  # [items] owner intent
-    user_intent_mix, _ = _make_users(cfg, catalogue.genre_share, rng)
+    n_intents = len(INTENTS)
+    n_titles = cfg.items // n_intents
+    titles = _make_catalogue(replace(cfg, items=n_titles), rng)
+    user_intent_mix, _ = _make_users(cfg, titles.genre_share, rng)
     log = _make_sessions(
         cfg,
         user_intent_mix,
         rng,
-        mean_session_events=np.full(len(INTENTS), HIDDEN_SESSION_EVENTS),
+        mean_session_events=np.full(n_intents, HIDDEN_SESSION_EVENTS),
         fresh_first_session=False,
     )
-    # The sampler's segments are the intents' item subsets instead of genres.
-    by_intent = _Catalogue(
-        is_show=catalogue.is_show,
-        genre_codes=np.pad(item_intent[:, None], ((0, 0), (0, 2)), constant_values=-1),
-        release_ts=catalogue.release_ts,
-        popularity=catalogue.popularity,
-        runtime_s=catalogue.runtime_s,
-        genre_share=np.full(len(INTENTS), 1.0 / len(INTENTS)),
-    )
-    sampler = _ReleaseWindowSampler(by_intent, horizon_ts=int(log.timestamp.max()))
-    item = sampler.released_by(log.event_intent, log.timestamp, rng)
-    partial_rate = np.full(len(INTENTS), HIDDEN_PARTIAL_WATCH_RATE)
+    sampler = _ReleaseWindowSampler(titles, horizon_ts=int(log.timestamp.max()))
+    everything = np.full(len(log.timestamp), sampler.all_segment)
+    title = sampler.released_by(everything, log.timestamp, rng)  # [events]
+    clone = rng.permutation(n_titles * n_intents).reshape(n_titles, n_intents)  # item index
+    item = clone[title, log.event_intent]  # [events] the intent's clone of the title
+    catalogue = _clone_catalogue(titles, clone)
+    partial_rate = np.full(n_intents, HIDDEN_PARTIAL_WATCH_RATE)
     duration = _watch_durations(log, item, catalogue, rng, partial_rate)
     events = pl.DataFrame(
         {
@@ -201,9 +205,10 @@ def _generate_hidden_intent(cfg: SyntheticConfig, seed: int) -> RawTables:
         },
     )
     source = (
-        f"synthetic(hidden_intent, seed={seed}, users={cfg.users}, items={cfg.items}, "
-        f"events_per_user={cfg.events_per_user}, days={cfg.days}, genres={cfg.genres}, "
-        f"show_fraction={cfg.show_fraction}, zipf={cfg.zipf})"
+        f"synthetic(hidden_intent, seed={seed}, users={cfg.users}, "
+        f"items={n_titles * n_intents}, events_per_user={cfg.events_per_user}, "
+        f"days={cfg.days}, genres={cfg.genres}, show_fraction={cfg.show_fraction}, "
+        f"zipf={cfg.zipf})"
     )
     return RawTables(
         name="synthetic",
@@ -217,10 +222,24 @@ def _generate_hidden_intent(cfg: SyntheticConfig, seed: int) -> RawTables:
     )
 
 
+def _clone_catalogue(titles: _Catalogue, clone: np.ndarray) -> _Catalogue:
+    """Items = clones of titles: item ``clone[t, c]`` has every attribute of title ``t``."""
+    title_of = np.empty(clone.size, dtype=np.int64)
+    title_of[clone.ravel()] = np.repeat(np.arange(clone.shape[0]), clone.shape[1])
+    return _Catalogue(
+        is_show=titles.is_show[title_of],
+        genre_codes=titles.genre_codes[title_of],
+        release_ts=titles.release_ts[title_of],
+        popularity=titles.popularity[title_of],
+        runtime_s=titles.runtime_s[title_of],
+        genre_share=titles.genre_share,
+    )
+
+
 def _check_config(cfg: SyntheticConfig) -> None:
     for key, value, ok in (
         ("users", cfg.users, cfg.users >= 1),
-        ("items", cfg.items, cfg.items >= 1),
+        ("items", cfg.items, cfg.items >= (len(INTENTS) if cfg.hidden_intent else 1)),
         ("events_per_user", cfg.events_per_user, cfg.events_per_user >= 1),
         ("days", cfg.days, cfg.days >= 1),
         ("genres", cfg.genres, cfg.genres >= 1),
