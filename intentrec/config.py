@@ -102,6 +102,9 @@ class ModelConfig:
     # intent encoder, heads and Z_k, not the embeddings and S_k the item path shares; with
     # zero_intent_embedding it cuts every route from intent labels to the item ranking.
     detach_intent_input: bool = False
+    # The intent encoder gets its own feature embedding instead of the shared F_k: with
+    # detach_intent_input, Z_k is then the only route from intent labels to the ranking.
+    separate_intent_features: bool = False
     exclude_features: list[str] = field(
         default_factory=list
     )  # input features left out of F_k (feature ablations)

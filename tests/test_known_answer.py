@@ -1,17 +1,21 @@
 """Known-answer check that intent information reaches the ranking (DESIGN.md section 6).
 
-On the synthetic ``hidden_intent`` data the planted session intent picks items from its
-own quarter of the catalogue, no input feature shows it, and it is the ``action_type``
-label of the next event. So:
+On the synthetic ``hidden_intent`` data the planted session intent decides which clone of
+a title is watched (each item belongs to one intent), no input feature shows it, and it is
+the ``action_type`` label of the next event. So:
 
 * a correctly wired V3 must beat V0 (it learns the intent from the labels);
-* a V3 through which no intent information can reach the ranking (``Z_k`` zeroed AND the
-  intent encoder's input detached, so the intent losses do not shape the shared
-  embeddings / ``S_k`` either) must not;
+* so must V3_Zonly, where ``Z_k`` is the only route from the labels to the ranking (the
+  intent encoder has its own feature embedding and does not train the shared ``S_k``);
+* V3_blind (V3_Zonly with ``Z_k`` zeroed: no route at all) must not;
 * oracle V3 (true next-event intents in ``Z_k``) bounds V3 from above.
 
-The unit tests below check the wiring itself (fast); the training test runs the four
-variants on a small dataset (~40 s on one core).
+Zeroing ``Z_k`` alone is not enough to blind the default V3: its intent heads also shape
+the item embeddings and ``S_k`` that the item path shares (multi-task learning), which
+on this data carries most of V3's gain (experiments/known_answer.yaml, ``V3_zeroZ``).
+
+The unit tests check the wiring itself (fast); the training test runs five small runs
+(~30 s on one core).
 """
 
 from __future__ import annotations
@@ -130,6 +134,27 @@ def test_detached_intent_input_keeps_intent_losses_out_of_shared_features() -> N
         assert (grad is not None and grad.abs().sum() > 0) == reaches, detach
 
 
+def test_separate_intent_features_make_z_the_only_route() -> None:
+    batch = make_batch(tiny_schema(), seed=2)
+    model = build(separate_intent_features=True, detach_intent_input=True)
+    assert model.intent_features is not None
+    out, _ = model.forward_internals(batch)
+    out.intent_logits["action_type"].sum().backward()
+    assert model.intent_features.item_embedding.weight.grad.abs().sum() > 0
+    shared = [model.features, model.short_term]
+    assert all(p.grad is None for m in shared for p in m.parameters())
+    # With Z_k zeroed, the item path does not reach the intent path's features either.
+    blind = build(
+        separate_intent_features=True, detach_intent_input=True, zero_intent_embedding=True
+    )
+    out, _ = blind.forward_internals(batch)
+    out.hidden.sum().backward()
+    grads = [p.grad for p in blind.intent_features.parameters()]
+    assert all(g is None or torch.count_nonzero(g) == 0 for g in grads)
+    # Off (the default): no second feature embedding, the same initialisation as before.
+    assert build().intent_features is None
+
+
 def test_oracle_and_zeroed_exclude_each_other() -> None:
     with pytest.raises(ValueError, match="oracle_intents"):
         build(oracle_intents=True, zero_intent_embedding=True)
@@ -236,14 +261,25 @@ KNOWN_ANSWER_RUN = (
 VARIANTS = {
     "V0": ["model.variant=V0"],
     "V3": ["model.variant=V3"],
+    # Z_k is the only route from the intent labels to the ranking ...
+    "V3_Zonly": [
+        "model.variant=V3",
+        "model.separate_intent_features=true",
+        "model.detach_intent_input=true",
+    ],
+    # ... and here it is closed too.
     "V3_blind": [
         "model.variant=V3",
-        "model.zero_intent_embedding=true",
+        "model.separate_intent_features=true",
         "model.detach_intent_input=true",
+        "model.zero_intent_embedding=true",
     ],
     "V3_oracle": ["model.variant=V3", "model.oracle_intents=true"],
 }
-MARGIN = 1.3  # V3 must reach 1.3x V0's validation NDCG@10; the blind V3 must not
+# Validation NDCG@10 relative to V0 (measured at seeds 0-2: V3 1.5-1.6x, V3_Zonly
+# 1.25-1.3x, V3_blind 0.9-1.1x).
+MARGIN = 1.3  # V3 must reach 1.3x V0
+Z_MARGIN = 1.15  # V3_Zonly must reach 1.15x V0, V3_blind must not
 
 
 def test_known_answer_v3_beats_v0_blind_v3_does_not_oracle_bounds(tmp_path) -> None:
@@ -263,6 +299,7 @@ def test_known_answer_v3_beats_v0_blind_v3_does_not_oracle_bounds(tmp_path) -> N
         )
         ndcg[name] = train_run(cfg)["val/item/ndcg@10"]
     assert ndcg["V3"] > MARGIN * ndcg["V0"], ndcg
-    assert ndcg["V3_blind"] < MARGIN * ndcg["V0"], ndcg
+    assert ndcg["V3_Zonly"] > Z_MARGIN * ndcg["V0"], ndcg
+    assert ndcg["V3_blind"] < Z_MARGIN * ndcg["V0"], ndcg
     assert ndcg["V3_oracle"] >= ndcg["V3"], ndcg
     assert np.isfinite(list(ndcg.values())).all()

@@ -33,8 +33,9 @@ Switches (set by ``resolve_variant`` from ``model.variant``, or by hand with ``c
 * ``intent_heads``: which intents get heads (None = all the schema's, [] = none); heads are
   kept in schema order, which is the order of ``intent_names`` and of ``head_weights``.
 
-Diagnostics (``model.oracle_intents``, ``model.zero_intent_embedding``): hierarchical
-variants only; V0 and V1 have no ``Z_k``, so there the keys change nothing.
+Diagnostics (``model.oracle_intents``, ``model.zero_intent_embedding``,
+``model.detach_intent_input``, ``model.separate_intent_features``): hierarchical variants
+only; V0 and V1 have no ``Z_k`` and no intent encoder, so there the keys change nothing.
 They are known-answer checks of the wiring (DESIGN.md section 6), NOT models: an oracle run
 reads labels that a deployed recommender never has, and its numbers are an upper bound,
 never a result to compare with baselines.
@@ -58,6 +59,13 @@ never a result to compare with baselines.
 * ``detach_intent_input``: the intent encoder reads ``[F_k ⊕ S_k]`` detached, closing that
   second route; the intent losses train only the intent encoder, the heads and ``Z_k``.
   With ``zero_intent_embedding`` too, no intent information reaches the ranking at all.
+  Alone it also starves the intent encoder: its item embeddings are then learned by the
+  item loss only.
+* ``separate_intent_features``: the intent encoder reads its OWN feature embedding
+  (``intent_features``, same layout as ``F_k``) instead of the shared ``F_k`` (``S_k``
+  stays shared). With ``detach_intent_input`` the intent path learns its own item
+  representation from the intent labels and ``Z_k`` is the only route to the ranking;
+  adding ``zero_intent_embedding`` closes it.
 
 Output: ``hidden`` is ``E^item`` projected by a Linear to the item-embedding size when
 ``tie_item_embeddings`` (scores = ``hidden @ E_item.T + b``, ``b`` a learned per-item bias,
@@ -247,6 +255,12 @@ class IntentRec(nn.Module):
             self.output_proj = None
             self.item_bias = None
             self.item_head = nn.Linear(cfg.d_model, schema.num_items)
+        # Registered last, so that configurations without it initialise exactly as before.
+        self.intent_features: FeatureEmbedding | None = None
+        if self.hierarchical and bool(getattr(cfg, "separate_intent_features", False)):
+            self.intent_features = FeatureEmbedding(
+                schema, cfg.d_model, cfg.feature_dim, exclude=list(cfg.exclude_features or [])
+            )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -291,7 +305,7 @@ class IntentRec(nn.Module):
         logits: dict[str, Tensor] = {}
         head_weights = z_k = None
         if self.intent_encoder is not None and self.intent_embedding is not None:
-            x_intent = x.detach() if self.detach_intent_input else x
+            x_intent = self._intent_input(batch, x)  # [B, L, d_F (+ d)]
             e_intent = self.intent_encoder(x_intent, timestamps, padding_mask, causal)  # [B,L,d]
             internals["intent_hidden"] = e_intent
             logits = self._intent_logits(e_intent)  # name -> [B, L, C_i]
@@ -316,6 +330,16 @@ class IntentRec(nn.Module):
             hidden=hidden, intent_logits=logits, head_weights=head_weights, intent_embedding=z_k
         )
         return output, internals
+
+    def _intent_input(self, batch: dict[str, Tensor], x: Tensor) -> Tensor:
+        """The intent encoder's input: the shared [F ⊕ S] (detached with
+        ``detach_intent_input``), its F part replaced by the intent path's own feature
+        embedding with ``separate_intent_features``."""
+        shared = x.detach() if self.detach_intent_input else x
+        if self.intent_features is None:
+            return shared
+        own = self.intent_features(batch)  # [B, L, d_F]
+        return torch.cat([own, shared[..., own.shape[-1] :]], dim=-1)
 
     def _block(self, block: Tensor) -> Tensor:
         """S_k or Z_k as it joins [F_k ⊕ ...]: unchanged, or at unit norm per position.
