@@ -38,11 +38,11 @@ class SyntheticConfig:
     genres: int = 12  # number of genres
     show_fraction: float = 0.4  # fraction of items that are shows (vs movies)
     zipf: float = 1.1  # item popularity exponent
-    # Known-answer setting (DESIGN.md section 6), off by default: the planted session
-    # intent picks items from its own quarter of the catalogue but no input feature shows
-    # it (action_type becomes the planted intent as a next-event LABEL only; genre, kind,
-    # release date, duration and session length no longer depend on the intent). See
-    # intentrec/data/recipes/synthetic.py.
+    # Known-answer setting (DESIGN.md section 6), off by default: every title exists in
+    # one clone per planted intent (items // 4 titles x 4 clones, identical attributes) and
+    # the session intent picks the clone, so it decides the items but no input feature
+    # shows it; action_type becomes the planted intent as a next-event LABEL only (never
+    # an input). See intentrec/data/recipes/synthetic.py.
     hidden_intent: bool = False
 
 
@@ -94,8 +94,8 @@ class ModelConfig:
     intent_proj_dim: int = 32  # d_proj of Proj_i
     # Diagnostics, not models (hierarchical variants only; see the IntentRec docstring):
     # feed the TRUE next-event intents into Z_k instead of the heads' predictions (an
-    # upper bound on what intent prediction can buy), or feed Z_k = 0 (the item transformer
-    # gets no intent information; the intent heads still train).
+    # upper bound on what intent prediction can buy), or feed Z_k = 0 (no intent
+    # information through Z_k; the heads still train and still shape the shared F_k / S_k).
     oracle_intents: bool = False
     zero_intent_embedding: bool = False
     # The intent encoder reads [F_k ⊕ S_k] detached: the intent losses then train only the
