@@ -279,7 +279,7 @@ VARIANTS = {
 # Validation NDCG@10 relative to V0 (measured at seeds 0-2: V3 1.5-1.6x, V3_Zonly
 # 1.25-1.3x, V3_blind 0.9-1.1x).
 MARGIN = 1.3  # V3 must reach 1.3x V0
-Z_MARGIN = 1.15  # V3_Zonly must reach 1.15x V0, V3_blind must not
+Z_MARGIN = 1.2  # V3_Zonly must reach 1.2x V0, V3_blind must not
 
 
 def test_known_answer_v3_beats_v0_blind_v3_does_not_oracle_bounds(tmp_path) -> None:
