@@ -282,7 +282,7 @@ MARGIN = 1.3  # V3 must reach 1.3x V0
 Z_MARGIN = 1.2  # V3_Zonly must reach 1.2x V0, V3_blind must not
 
 
-def test_known_answer_v3_beats_v0_blind_v3_does_not_oracle_bounds(tmp_path) -> None:
+def test_known_answer_v3_and_z_route_beat_v0_blind_does_not_oracle_bounds(tmp_path) -> None:
     from intentrec.train import train_run
 
     ndcg = {}
