@@ -48,6 +48,12 @@ class SyntheticConfig:
     genres: int = 12  # number of genres
     show_fraction: float = 0.4  # fraction of items that are shows (vs movies)
     zipf: float = 1.1  # item popularity exponent
+    # Known-answer setting (DESIGN.md section 6), off by default: every title exists in
+    # one clone per planted intent (items // 4 titles x 4 clones, identical attributes) and
+    # the session intent picks the clone, so it decides the items but no input feature
+    # shows it; action_type becomes the planted intent as a next-event LABEL only (never
+    # an input). See intentrec/data/recipes/synthetic.py.
+    hidden_intent: bool = False
 
 
 @dataclass
@@ -98,12 +104,23 @@ class ModelConfig:
     intent_heads: list[str] | None = None  # subset of the data's intents; None = all, [] = none
     intent_proj_dim: int = 32  # d_proj of Proj_i
     # Hierarchical variants: the intent transformer reads [F_k ⊕ S_k] without gradient, so the
-    # intent losses (and the item loss's path through Z_k) do not train the input embeddings.
+    # intent losses (and the item loss's path through Z_k) do not train the input embeddings
+    # or S_k the item path shares; with zero_intent_embedding no route from intent labels to
+    # the ranking is left (the known-answer check).
     detach_intent_inputs: bool = False
     # Where hour, weekday and time gap enter: both (F_k features and the timestamp encoding),
     # inputs (F_k only; the encoding keeps the recency position), encoding (the timestamp
     # encoding only; left out of F_k). One of TIME_FEATURE_PLACES.
     time_features: str = "both"
+    # Diagnostics, not models (hierarchical variants only; see the IntentRec docstring):
+    # feed the TRUE next-event intents into Z_k instead of the heads' predictions (an
+    # upper bound on what intent prediction can buy), or feed Z_k = 0 (no intent
+    # information through Z_k; the heads still train and still shape the shared F_k / S_k).
+    oracle_intents: bool = False
+    zero_intent_embedding: bool = False
+    # The intent encoder gets its own feature embedding instead of the shared F_k: with
+    # detach_intent_inputs, Z_k is then the only route from intent labels to the ranking.
+    separate_intent_features: bool = False
     exclude_features: list[str] = field(
         default_factory=list
     )  # input features left out of F_k (feature ablations)

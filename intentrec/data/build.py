@@ -291,6 +291,7 @@ def _features(
         session_position=sessions.position,
         split=split.tags,
         hidden=hidden,
+        label_only=frozenset(raw.label_only_columns),
     )
     train_targets = ev.train_targets
     if not train_targets.any():

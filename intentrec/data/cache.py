@@ -134,6 +134,10 @@ def fingerprint_config(data_cfg: Any) -> dict[str, Any]:
     out = {key: _plain(getattr(data_cfg, key)) for key in FINGERPRINT_KEYS}
     if out["name"] == "synthetic":
         out["synthetic"] = _plain(data_cfg.synthetic)
+        # Generator keys added later enter only when set, so that the default data keeps
+        # the fingerprint (and cache) it had before they existed.
+        if not out["synthetic"].get("hidden_intent", False):
+            out["synthetic"].pop("hidden_intent", None)
     return out
 
 

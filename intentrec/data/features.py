@@ -62,6 +62,7 @@ class SortedEvents:
     session_position: int [n] 0-based index of the event within its session.
     split: int8 [n] 0 train / 1 val / 2 test.
     hidden: column names that must never become features or intents.
+    label_only: column names that may be intents but never input features.
     """
 
     events: pl.DataFrame
@@ -72,6 +73,7 @@ class SortedEvents:
     session_position: np.ndarray
     split: np.ndarray
     hidden: frozenset[str] = frozenset()
+    label_only: frozenset[str] = frozenset()
     _codes: dict[str, tuple[np.ndarray, list[str]]] = field(default_factory=dict, repr=False)
 
     @property
@@ -246,6 +248,7 @@ def input_features(
     the first event), duration (log1p / train max), time_since_release (log1p days / train
     max; 0 without release date, negative ages clipped to 0), session_position (log1p of the
     0-based position / train max), numeric extras (min-max over train events, clipped).
+    Columns in ``ev.label_only`` are left out (they are next-event labels only).
     """
     specs: list[FeatureSpec] = []
     arrays: dict[str, np.ndarray] = {}
@@ -253,6 +256,8 @@ def input_features(
     train = ev.train_events
 
     def categorical(name: str, codes: np.ndarray, vocabulary: list[str]) -> None:
+        if name in ev.label_only:  # a label of the next event, never an input
+            return
         cardinality = len(vocabulary) + 1
         specs.append(FeatureSpec(name, "categorical", cardinality, 1, [PAD_LABEL, *vocabulary]))
         arrays[name] = codes.astype(code_dtype(cardinality), copy=False)
@@ -288,6 +293,8 @@ def input_features(
             dtype = frame.schema[name]
             if is_text(dtype):
                 categorical(name, *ev.codes(name))
+            elif name in ev.label_only:
+                continue
             elif dtype.is_numeric():
                 series = frame[name] if table == "events" else _item_column(ev, name)
                 numeric_extras.append((name, series))

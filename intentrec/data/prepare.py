@@ -158,6 +158,8 @@ def prepare(data_cfg: Any, raw: RawTables | None = None) -> Prepared:
             # Only when there are any, so caches of clean data keep their fingerprint;
             # caches built before duplicates were dropped are not reused for such data.
             **({"duplicate_events_dropped": duplicates} if duplicates else {}),
+            # Likewise only when set (synthetic hidden_intent), so fingerprints stay put.
+            **({"label_only": sorted(raw.label_only_columns)} if raw.label_only_columns else {}),
         },
         id_codes={
             "events.user_id": (user_raw, user_distinct),

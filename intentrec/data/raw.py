@@ -26,6 +26,8 @@ class RawTables:
     weight_column: events column the duration weight derives from ("duration", "rating") or None.
     source: human-readable origin (file paths, generator parameters) for the summary.
     hidden_columns: columns kept for checks (e.g. planted_intent) that are never inputs.
+    label_only_columns: events / items columns that may be intent labels (of the next
+        event) but are never input features (synthetic ``hidden_intent``: action_type).
     dropped: reason -> rows a recipe or validation dropped (shown in the summary and stats).
     """
 
@@ -36,4 +38,5 @@ class RawTables:
     weight_column: str | None = None
     source: str = ""
     hidden_columns: list[str] = field(default_factory=list)
+    label_only_columns: list[str] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows dropped (logged)

@@ -33,6 +33,40 @@ Switches (set by ``resolve_variant`` from ``model.variant``, or by hand with ``c
 * ``intent_heads``: which intents get heads (None = all the schema's, [] = none); heads are
   kept in schema order, which is the order of ``intent_names`` and of ``head_weights``.
 
+Diagnostics (``model.oracle_intents``, ``model.zero_intent_embedding``,
+``model.detach_intent_inputs``, ``model.separate_intent_features``): hierarchical variants
+only; V0 and V1 have no ``Z_k`` and no intent encoder, so there the keys change nothing.
+They are known-answer checks of the wiring (DESIGN.md section 6), NOT models: an oracle run
+reads labels that a deployed recommender never has, and its numbers are an upper bound,
+never a result to compare with baselines.
+
+* ``oracle_intents``: ``Z_k`` is built from the TRUE intents of event k + 1 (the batch's
+  ``target/intent/<name>``) instead of the heads' softmax / sigmoid: a one-hot of the class
+  for single-label intents, the multi-hot divided by its number of labels for multi-label
+  ones (genre). Positions without a label (padding; an event with no label for that
+  intent, e.g. no release date) fall back to the model's own prediction, so ``Z_k`` there
+  is what the non-oracle model would use. The heads still train on their losses (their
+  logits are unchanged), but the item loss no longer reaches the intent encoder through
+  ``Z_k``. Causality: ``Z_k`` feeds the causal item transformer, so position k sees the
+  intents of events <= k + 1 and nothing else of event k + 1 (not its item id, time or
+  features); the gain of oracle V3 over V0 bounds what predicting those intents can buy on
+  a dataset. Evaluation batches carry the same labels, so validation / test use the oracle
+  the same way as training.
+* ``zero_intent_embedding``: ``Z_k = 0`` (after ``_block``), so the item transformer gets
+  no intent information; the intent encoder and heads still train on the intent losses.
+  NB: the heads' losses still shape the item embeddings and ``S_k`` that the item path
+  shares (multi-task learning), which is a second route from intent labels to the ranking.
+* ``detach_intent_inputs``: the intent encoder reads ``[F_k ⊕ S_k]`` detached, closing that
+  second route; the intent losses train only the intent encoder, the heads and ``Z_k``.
+  With ``zero_intent_embedding`` too, no intent information reaches the ranking at all.
+  Alone it also starves the intent encoder: its item embeddings are then learned by the
+  item loss only.
+* ``separate_intent_features``: the intent encoder reads its OWN feature embedding
+  (``intent_features``, same layout as ``F_k``) instead of the shared ``F_k`` (``S_k``
+  stays shared). With ``detach_intent_inputs`` the intent path learns its own item
+  representation from the intent labels and ``Z_k`` is the only route to the ranking;
+  adding ``zero_intent_embedding`` closes it.
+
 Output: ``hidden`` is ``E^item`` projected by a Linear to the item-embedding size when
 ``tie_item_embeddings`` (scores = ``hidden @ E_item.T + b``, ``b`` a learned per-item bias,
 zero-initialised: our addition, it lets the model learn popularity) and ``E^item`` itself
@@ -118,18 +152,48 @@ class IntentEmbedding(nn.Module):
         )
         self.attention = nn.Linear(d_proj, 1)  # FC_att, shared by every head
 
-    def forward(self, logits: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """logits: name -> [B, L, C_i]. Returns (Z [B, L, d_proj], weights [B, L, M])."""
+    def forward(
+        self, logits: dict[str, Tensor], oracle: dict[str, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """logits: name -> [B, L, C_i]. Returns (Z [B, L, d_proj], weights [B, L, M]).
+
+        oracle: name -> the true next-event labels (``target/intent/<name>``: [B, L] class
+        ids with -100 = none, or [B, L, C_i] multi-hot); when given, they replace the
+        predicted distributions wherever a label exists (see :func:`oracle_distribution`).
+        """
         projected = []
         for name, proj in self.proj.items():
-            z = logits[name]  # [B, L, C_i]
-            p = torch.sigmoid(z) if self.kinds[name] == "multi" else torch.softmax(z, dim=-1)
+            p = self.distribution(name, logits[name])  # [B, L, C_i]
+            if oracle is not None:
+                p = oracle_distribution(oracle[name], self.kinds[name], p)
             projected.append(proj(p))  # [B, L, d_proj]
         stacked = torch.stack(projected, dim=2)  # [B, L, M, d_proj]
         alpha = self.attention(stacked).squeeze(-1)  # [B, L, M]
         weights = torch.softmax(alpha, dim=-1)  # [B, L, M]
         z_k = (weights.unsqueeze(-1) * stacked).sum(dim=2)  # [B, L, d_proj]
         return z_k, weights
+
+    def distribution(self, name: str, logits: Tensor) -> Tensor:
+        """The head's predicted p_i: sigmoid for multi-label intents, else softmax."""
+        if self.kinds[name] == "multi":
+            return torch.sigmoid(logits)
+        return torch.softmax(logits, dim=-1)
+
+
+def oracle_distribution(labels: Tensor, kind: str, predicted: Tensor) -> Tensor:
+    """The true intent distribution of the next event, ``predicted`` where there is no label.
+
+    single: labels [B, L] class ids (-100 = no label) -> one-hot [B, L, C].
+    multi: labels [B, L, C] multi-hot -> divided by the number of labels (sums to 1); a row
+    without any label (padding, an item without genres) -> ``predicted``.
+    """
+    if kind == "multi":
+        labels = labels.to(predicted.dtype)
+        count = labels.sum(dim=-1, keepdim=True)  # [B, L, 1]
+        return torch.where(count > 0, labels / count.clamp_min(1.0), predicted)
+    has_label = labels >= 0  # [B, L]
+    one_hot = F.one_hot(labels.clamp_min(0), predicted.shape[-1]).to(predicted.dtype)
+    return torch.where(has_label.unsqueeze(-1), one_hot, predicted)
 
 
 class IntentRec(nn.Module):
@@ -153,6 +217,14 @@ class IntentRec(nn.Module):
             raise ConfigError(
                 "config key 'model.detach_intent_inputs': needs a hierarchical variant with "
                 "intent heads (V2/V3); in V0/V1 one transformer serves every loss"
+            )
+        # Diagnostics (module docstring): only meaningful where there is a Z_k.
+        self.oracle_intents: bool = bool(cfg.oracle_intents)
+        self.zero_intent_embedding: bool = bool(cfg.zero_intent_embedding)
+        if self.oracle_intents and self.zero_intent_embedding:
+            raise ConfigError(
+                "config keys 'model.oracle_intents' and 'model.zero_intent_embedding' "
+                "exclude each other (a zeroed Z_k carries no oracle)"
             )
 
         exclude = list(cfg.exclude_features or [])
@@ -191,6 +263,12 @@ class IntentRec(nn.Module):
             self.output_proj = None
             self.item_bias = None
             self.item_head = nn.Linear(cfg.d_model, schema.num_items)
+        # Registered last, so that configurations without it initialise exactly as before.
+        self.intent_features: FeatureEmbedding | None = None
+        if self.hierarchical and bool(cfg.separate_intent_features):
+            self.intent_features = FeatureEmbedding(
+                schema, cfg.d_model, cfg.feature_dim, exclude=list(cfg.exclude_features or [])
+            )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -235,12 +313,18 @@ class IntentRec(nn.Module):
         logits: dict[str, Tensor] = {}
         head_weights = z_k = None
         if self.intent_encoder is not None and self.intent_embedding is not None:
-            x_intent = x.detach() if self.detach_intent_inputs else x  # [B, L, d_F (+ d)]
-            e_intent = self.intent_encoder(x_intent, timestamps, padding_mask, causal)  # [B, L, d]
+            x_intent = self._intent_input(batch, x)  # [B, L, d_F (+ d)]
+            e_intent = self.intent_encoder(x_intent, timestamps, padding_mask, causal)  # [B,L,d]
             internals["intent_hidden"] = e_intent
             logits = self._intent_logits(e_intent)  # name -> [B, L, C_i]
-            z_k, head_weights = self.intent_embedding(logits)  # [B, L, d_proj], [B, L, M]
+            oracle = None
+            if self.oracle_intents:
+                # True intents of event k + 1 at position k (labels, never the item id).
+                oracle = {name: batch[B.target_intent(name)] for name in self.intent_names}
+            z_k, head_weights = self.intent_embedding(logits, oracle)  # [B,L,d_proj], [B,L,M]
             z_k = self._block(z_k)
+            if self.zero_intent_embedding:
+                z_k = torch.zeros_like(z_k)
             internals["intent_embedding"] = z_k
             x = torch.cat([x, z_k], dim=-1)  # [B, L, d_F (+ d) + d_proj]
         e_item = self.item_encoder(x, timestamps, padding_mask, causal)  # [B, L, d]
@@ -254,6 +338,16 @@ class IntentRec(nn.Module):
             hidden=hidden, intent_logits=logits, head_weights=head_weights, intent_embedding=z_k
         )
         return output, internals
+
+    def _intent_input(self, batch: dict[str, Tensor], x: Tensor) -> Tensor:
+        """The intent encoder's input: the shared [F ⊕ S] (detached with
+        ``detach_intent_inputs``), its F part replaced by the intent path's own feature
+        embedding with ``separate_intent_features``."""
+        shared = x.detach() if self.detach_intent_inputs else x
+        if self.intent_features is None:
+            return shared
+        own = self.intent_features(batch)  # [B, L, d_F]
+        return torch.cat([own, shared[..., own.shape[-1] :]], dim=-1)
 
     def _block(self, block: Tensor) -> Tensor:
         """S_k or Z_k as it joins [F_k ⊕ ...]: unchanged, or at unit norm per position.

@@ -27,6 +27,22 @@ gap threshold anywhere in (45 min, 2 h] recovers ``session_true`` exactly. Watch
 (seconds) is the item's runtime (show episodes 20-60 min, movies 90-130 min) times a
 completion that is partial more often for discover than for continue.
 
+Known-answer setting (``cfg.hidden_intent``, off by default; DESIGN.md section 6): the
+planted intent shapes item choice but no input feature reveals it, and it is the intent
+LABEL of the next event. The catalogue is ``items // 4`` *titles*, each in four clones,
+one per intent, identical in genres, kind, release date, runtime and popularity (ids
+shuffled); an event draws a released title by popularity, independently of the intent,
+and watches its intent's clone. So the intent decides exactly which items follow (each
+item belongs to one intent), yet no item attribute differs between intents. Nothing else depends
+on the intent: every intent has the same mean session length (``HIDDEN_SESSION_EVENTS``)
+and partial-watch rate (``HIDDEN_PARTIAL_WATCH_RATE``), first sessions draw from the full
+intent mix, and ``action_type`` is the planted intent's label exactly but is declared
+*label-only* (``RawTables.label_only_columns``): the pipeline derives the ``action_type``
+next-event label from it and never makes it an input feature. The session intent is thus
+recoverable only from which items the user watched (and the user's intent mix), never
+from a feature column: a V3 whose ``Z_k`` carries the predicted intent must beat V0 there,
+a V3 with ``Z_k`` zeroed must not, and an oracle V3 bounds them both.
+
 Everything is vectorised numpy over events (no Python loop over users or events); memory
 is linear in the number of events. A user's first session is always ``discover`` or
 ``binge_genre`` (there is no history to continue or rewatch), and a ``continue`` session
@@ -41,7 +57,7 @@ specification (the tests check each property it states).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -65,6 +81,8 @@ DISCOVER_GENRE_SHARE = 0.5  # share of discover draws restricted to a preferred 
 DISCOVER_FALLBACK_ITEMS = 5  # empty release window: the latest items released so far
 MEAN_SESSION_EVENTS = np.array([3.0, 2.0, 1.5, 4.0])  # by intent (continue ... binge)
 PARTIAL_WATCH_RATE = np.array([0.10, 0.35, 0.25, 0.15])  # by intent
+HIDDEN_SESSION_EVENTS = 3.0  # hidden_intent: mean session length, the same for every intent
+HIDDEN_PARTIAL_WATCH_RATE = 0.2  # hidden_intent: the same for every intent
 SESSION_MIN_GAP_S = 2 * 3600  # between sessions: > any sensible 1 h session threshold
 EVENT_GAP_MIN_S, EVENT_GAP_MEAN_EXTRA_S, EVENT_GAP_MAX_S = 60, 480, 45 * 60  # within
 USER_JOIN_FRACTION = 0.3  # users start within the first 30% of the span
@@ -98,6 +116,8 @@ def generate(cfg: SyntheticConfig, seed: int) -> RawTables:
     session_true) sorted by user then time, and items (item_id, genres, kind, release_ts).
     """
     _check_config(cfg)
+    if cfg.hidden_intent:
+        return _generate_hidden_intent(cfg, seed)
     rng = np.random.default_rng(seed)
     catalogue = _make_catalogue(cfg, rng)
     user_intent_mix, user_genre_cdf = _make_users(cfg, catalogue.genre_share, rng)
@@ -142,10 +162,89 @@ def generate(cfg: SyntheticConfig, seed: int) -> RawTables:
     )
 
 
+def _generate_hidden_intent(cfg: SyntheticConfig, seed: int) -> RawTables:
+    """``cfg.hidden_intent``: the known-answer log (module docstring). Same tables as
+    :func:`generate`; ``action_type`` is the planted intent and label-only.
+
+    The catalogue is ``cfg.items // 4`` titles, each in 4 clones (one per intent) with the
+    title's genres, kind, release date, runtime and popularity; item ids are shuffled.
+    An event draws a released title by popularity (independent of the intent) and watches
+    its intent's clone.
+    """
+    rng = np.random.default_rng(seed)
+    n_intents = len(INTENTS)
+    n_titles = cfg.items // n_intents
+    titles = _make_catalogue(replace(cfg, items=n_titles), rng)
+    user_intent_mix, _ = _make_users(cfg, titles.genre_share, rng)
+    log = _make_sessions(
+        cfg,
+        user_intent_mix,
+        rng,
+        mean_session_events=np.full(n_intents, HIDDEN_SESSION_EVENTS),
+        fresh_first_session=False,
+    )
+    sampler = _ReleaseWindowSampler(titles, horizon_ts=int(log.timestamp.max()))
+    everything = np.full(len(log.timestamp), sampler.all_segment)
+    title = sampler.released_by(everything, log.timestamp, rng)  # [events]
+    clone = rng.permutation(n_titles * n_intents).reshape(n_titles, n_intents)  # item index
+    item = clone[title, log.event_intent]  # [events] the intent's clone of the title
+    catalogue = _clone_catalogue(titles, clone)
+    partial_rate = np.full(n_intents, HIDDEN_PARTIAL_WATCH_RATE)
+    duration = _watch_durations(log, item, catalogue, rng, partial_rate)
+    events = pl.DataFrame(
+        {
+            "user_id": log.event_user + 1,
+            "item_id": item + 1,
+            "timestamp": log.timestamp,
+            "action_type": pl.Series(ACTION_TYPES).gather(log.event_intent),
+            "duration": duration,
+            "planted_intent": pl.Series(INTENTS).gather(log.event_intent),
+            "session_true": log.event_session + 1,
+        },
+        schema_overrides={
+            "user_id": pl.Int64,
+            "item_id": pl.Int64,
+            "timestamp": pl.Int64,
+            "duration": pl.Float64,
+            "session_true": pl.Int64,
+        },
+    )
+    source = (
+        f"synthetic(hidden_intent, seed={seed}, users={cfg.users}, "
+        f"items={n_titles * n_intents}, events_per_user={cfg.events_per_user}, "
+        f"days={cfg.days}, genres={cfg.genres}, show_fraction={cfg.show_fraction}, "
+        f"zipf={cfg.zipf})"
+    )
+    return RawTables(
+        name="synthetic",
+        events=events,
+        items=_items_frame(catalogue, cfg.genres),
+        intents=list(LABELLED_INTENTS),
+        weight_column="duration",
+        source=source,
+        hidden_columns=["planted_intent", "session_true"],
+        label_only_columns=["action_type"],
+    )
+
+
+def _clone_catalogue(titles: _Catalogue, clone: np.ndarray) -> _Catalogue:
+    """Items = clones of titles: item ``clone[t, c]`` has every attribute of title ``t``."""
+    title_of = np.empty(clone.size, dtype=np.int64)
+    title_of[clone.ravel()] = np.repeat(np.arange(clone.shape[0]), clone.shape[1])
+    return _Catalogue(
+        is_show=titles.is_show[title_of],
+        genre_codes=titles.genre_codes[title_of],
+        release_ts=titles.release_ts[title_of],
+        popularity=titles.popularity[title_of],
+        runtime_s=titles.runtime_s[title_of],
+        genre_share=titles.genre_share,
+    )
+
+
 def _check_config(cfg: SyntheticConfig) -> None:
     for key, value, ok in (
         ("users", cfg.users, cfg.users >= 1),
-        ("items", cfg.items, cfg.items >= 1),
+        ("items", cfg.items, cfg.items >= (len(INTENTS) if cfg.hidden_intent else 1)),
         ("events_per_user", cfg.events_per_user, cfg.events_per_user >= 1),
         ("days", cfg.days, cfg.days >= 1),
         ("genres", cfg.genres, cfg.genres >= 1),
@@ -244,11 +343,19 @@ class _Log:
     user_first_event: np.ndarray  # [users]
 
 
-def _make_sessions(cfg: SyntheticConfig, intent_mix: np.ndarray, rng: np.random.Generator) -> _Log:
+def _make_sessions(
+    cfg: SyntheticConfig,
+    intent_mix: np.ndarray,
+    rng: np.random.Generator,
+    mean_session_events: np.ndarray = MEAN_SESSION_EVENTS,
+    fresh_first_session: bool = True,
+) -> _Log:
+    """Sessions, planted intents and timestamps. ``mean_session_events``: mean length by
+    intent; ``fresh_first_session``: first sessions are discover / binge_genre only."""
     n_users = cfg.users
     # Sessions per user: geometric, with the mean chosen so that users average
     # cfg.events_per_user events given their intent mix's session lengths.
-    events_per_session = intent_mix @ MEAN_SESSION_EVENTS
+    events_per_session = intent_mix @ mean_session_events
     mean_sessions = np.maximum(1.0, cfg.events_per_user / events_per_session)
     n_sessions = rng.geometric(1.0 / mean_sessions)
     session_user = np.repeat(np.arange(n_users), n_sessions)
@@ -256,11 +363,12 @@ def _make_sessions(cfg: SyntheticConfig, intent_mix: np.ndarray, rng: np.random.
 
     # Planted intents. First sessions have no history: draw discover vs binge only.
     intent = _draw_rows(np.cumsum(intent_mix[session_user], axis=1), rng)
-    fresh_mix = intent_mix * np.array([0.0, 1.0, 0.0, 1.0])
-    intent[first_session] = _draw_rows(
-        np.cumsum(fresh_mix / fresh_mix.sum(axis=1, keepdims=True), axis=1), rng
-    )
-    length = 1 + rng.poisson(MEAN_SESSION_EVENTS[intent] - 1.0)
+    if fresh_first_session:
+        fresh_mix = intent_mix * np.array([0.0, 1.0, 0.0, 1.0])
+        intent[first_session] = _draw_rows(
+            np.cumsum(fresh_mix / fresh_mix.sum(axis=1, keepdims=True), axis=1), rng
+        )
+    length = 1 + rng.poisson(mean_session_events[intent] - 1.0)
 
     n_events = int(length.sum())
     session_first_event = np.concatenate([[0], np.cumsum(length)[:-1]])
@@ -478,10 +586,14 @@ def _ranges(lengths: np.ndarray) -> np.ndarray:
 # Observables: durations and action types
 # ---------------------------------------------------------------------------------------
 def _watch_durations(
-    log: _Log, item: np.ndarray, catalogue: _Catalogue, rng: np.random.Generator
+    log: _Log,
+    item: np.ndarray,
+    catalogue: _Catalogue,
+    rng: np.random.Generator,
+    partial_watch_rate: np.ndarray = PARTIAL_WATCH_RATE,
 ) -> np.ndarray:
     n = len(item)
-    partial = rng.random(n) < PARTIAL_WATCH_RATE[log.event_intent]
+    partial = rng.random(n) < partial_watch_rate[log.event_intent]
     completion = np.where(partial, rng.uniform(0.05, 0.9, n), rng.uniform(0.92, 1.0, n))
     return np.round(catalogue.runtime_s[item] * completion)
 
