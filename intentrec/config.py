@@ -123,7 +123,7 @@ class ModelConfig:
     separate_intent_features: bool = False
     exclude_features: list[str] = field(
         default_factory=list
-    )  # input features left out of F_k (feature ablations)
+    )  # input features left out of F_k (feature ablations); ["*"] = all of them
     tie_item_embeddings: bool = True  # score with the input item embeddings (else a separate FC)
     # --- SASRec ---
     sasrec_loss: str = "ce"  # ce (full softmax) | bce (original: one sampled negative)

@@ -375,7 +375,7 @@ def test_summary_shows_the_interval_over_users_and_says_what_it_means(
     exp = ex.load_experiment(write_exp(tmp_path, text), overrides(tmp_path))
     ex.run_experiment(exp)
     summary = exp.summary_path.read_text()
-    assert "95% CI over users" in summary and "100 test users" in summary
+    assert "95% CI over users" in summary and "100 test users, 400 targets" in summary
     assert "The interval includes zero for same" in summary
     assert "better is above base: its interval excludes zero" in summary
     rows = {r["variant"]: r for r in csv.DictReader((exp.out_dir / "summary.csv").open())}
@@ -392,3 +392,29 @@ def test_a_bad_trainer_setting_in_any_variant_fails_before_the_first_run_trains(
         with pytest.raises(ConfigError, match="data.batch_size.*world size 3"):
             ex.run_experiment(exp, dry_run=dry_run)
     assert fake.calls == [] and not (tmp_path / "runs").exists()
+
+
+def test_a_validation_main_metric_is_bounded_with_the_validation_ranks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = np.arange(1, 201)
+    users = (events + 1) // 2
+
+    class WritesBothStages(FakeTrainer):
+        def __call__(self, cfg: DictConfig) -> dict[str, float]:
+            metrics = super().__call__(cfg)
+            better = cfg.variant == "better"
+            for stage, wins in (("test", better), ("val", not better)):  # val: better loses
+                ranks = np.ones_like(events) if wins else np.full_like(events, 50)
+                write_per_target(
+                    run_dir(cfg), stage, {"event": events, "user": users, "rank": ranks}
+                )
+            return metrics
+
+    monkeypatch.setattr(runner, "train_run", WritesBothStages())
+    exp = ex.load_experiment(
+        write_exp(tmp_path), overrides(tmp_path, "metrics=[val/item/hr@10]", "seeds=[0]")
+    )
+    ex.run_experiment(exp)
+    summary = exp.summary_path.read_text()
+    assert "100 val users" in summary and "better is below base" in summary

@@ -103,8 +103,9 @@ def interval_sentences(exp: Experiment, rows: list[SummaryRow]) -> list[str]:
         ]
     iv = with_iv[0].interval
     lines = [
-        f"95% CI over users: paired bootstrap ({RESAMPLES} resamples of the {iv.users} test "
-        f"users, all of a user's {iv.targets} targets together in all) of the difference in "
+        f"95% CI over users: paired bootstrap ({RESAMPLES} resamples of the {iv.users} "
+        f"{exp.main_metric.split('/')[0]} users, {iv.targets} targets, each user's together) "
+        "of the difference in "
         f"mean {exp.main_metric} to **{exp.baseline}**, per target averaged over the seeds "
         "both finished."
     ]
@@ -367,7 +368,8 @@ def summarize(exp: Experiment, console: Any = None) -> Path:
         baseline=exp.baseline,
         metrics=exp.metrics,
         columns=[*intent_metrics, *EXTRA_COLUMNS],
-        per_target=collect_per_target(exp),
+        # The main metric's own split: a val/... main metric is bounded over val users.
+        per_target=collect_per_target(exp, stage=exp.main_metric.split("/")[0]),
     )
     path = write_summary(exp, rows, results, intent_metrics)
     console = console or Console()

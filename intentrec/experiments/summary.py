@@ -51,11 +51,13 @@ def collect_results(exp: Experiment) -> dict[str, dict[int, dict[str, float]]]:
     return results
 
 
-def collect_per_target(exp: Experiment) -> dict[str, dict[int, dict[str, np.ndarray]]]:
-    """variant -> seed -> saved test ranks of every finished run that saved them."""
+def collect_per_target(
+    exp: Experiment, stage: str = "test"
+) -> dict[str, dict[int, dict[str, np.ndarray]]]:
+    """variant -> seed -> saved ``stage`` ranks of every finished run that saved them."""
     ranks: dict[str, dict[int, dict[str, np.ndarray]]] = {v: {} for v in exp.variants}
     for run in exp.runs:
-        saved = read_per_target(run.cfg, "test") if finished_metrics(run.cfg) else None
+        saved = read_per_target(run.cfg, stage) if finished_metrics(run.cfg) else None
         if saved is not None:
             ranks[run.variant][run.seed] = saved
     return ranks

@@ -43,6 +43,8 @@ class FeatureEmbedding(nn.Module):
         exclude: list[str] | tuple[str, ...] = (),
     ):
         super().__init__()
+        if "*" in exclude:  # every feature: F_k is the item embedding alone (SASRec's input)
+            exclude = [spec.name for spec in schema.features]
         unknown = sorted(set(exclude) - {spec.name for spec in schema.features})
         if unknown:
             raise ConfigError(

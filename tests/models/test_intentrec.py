@@ -274,3 +274,9 @@ def test_detached_intent_inputs_keep_intent_losses_off_the_input_embeddings(batc
         assert model.features.item_embedding.weight.grad.abs().sum() > 0
     with pytest.raises(ConfigError, match="model.detach_intent_inputs"):
         build(variant="V1", detach_intent_inputs=True)
+
+
+def test_exclude_every_feature_leaves_the_item_embedding_alone() -> None:
+    model = build(variant="V0", exclude_features=["*"])
+    assert model.features.feature_names == []
+    assert model.features.out_dim == model.features.item_embedding.embedding_dim
