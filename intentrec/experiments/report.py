@@ -113,8 +113,9 @@ def interval_sentences(exp: Experiment, rows: list[SummaryRow]) -> list[str]:
     clear = [r for r in with_iv if not r.interval.includes_zero]
     if unclear:
         lines.append(
-            f"The interval includes zero for {', '.join(unclear)}: at this number of test "
-            f"users the data do not show a difference to {exp.baseline}."
+            f"The interval includes zero for {', '.join(unclear)}: at this number of "
+            f"{exp.main_metric.split('/')[0]} users the data do not show a difference to "
+            f"{exp.baseline}."
         )
     for r in clear:
         side = "above" if r.interval.difference > 0 else "below"
