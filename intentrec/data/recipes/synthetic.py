@@ -127,24 +127,7 @@ def generate(cfg: SyntheticConfig, seed: int) -> RawTables:
     duration = _watch_durations(log, item, catalogue, rng)
     action = _observed_actions(log.event_intent, rng)
 
-    events = pl.DataFrame(
-        {
-            "user_id": log.event_user + 1,
-            "item_id": item + 1,
-            "timestamp": log.timestamp,
-            "action_type": pl.Series(ACTION_TYPES).gather(action),
-            "duration": duration,
-            "planted_intent": pl.Series(INTENTS).gather(log.event_intent),
-            "session_true": log.event_session + 1,
-        },
-        schema_overrides={
-            "user_id": pl.Int64,
-            "item_id": pl.Int64,
-            "timestamp": pl.Int64,
-            "duration": pl.Float64,
-            "session_true": pl.Int64,
-        },
-    )
+    events = _events_frame(log, item, action, duration)
     items = _items_frame(catalogue, cfg.genres)
     source = (
         f"synthetic(seed={seed}, users={cfg.users}, items={cfg.items}, "
@@ -191,24 +174,8 @@ def _generate_hidden_intent(cfg: SyntheticConfig, seed: int) -> RawTables:
     catalogue = _clone_catalogue(titles, clone)
     partial_rate = np.full(n_intents, HIDDEN_PARTIAL_WATCH_RATE)
     duration = _watch_durations(log, item, catalogue, rng, partial_rate)
-    events = pl.DataFrame(
-        {
-            "user_id": log.event_user + 1,
-            "item_id": item + 1,
-            "timestamp": log.timestamp,
-            "action_type": pl.Series(ACTION_TYPES).gather(log.event_intent),
-            "duration": duration,
-            "planted_intent": pl.Series(INTENTS).gather(log.event_intent),
-            "session_true": log.event_session + 1,
-        },
-        schema_overrides={
-            "user_id": pl.Int64,
-            "item_id": pl.Int64,
-            "timestamp": pl.Int64,
-            "duration": pl.Float64,
-            "session_true": pl.Int64,
-        },
-    )
+    # action_type is the planted intent itself here: a label-only column, never an input.
+    events = _events_frame(log, item, log.event_intent, duration)
     source = (
         f"synthetic(hidden_intent, seed={seed}, users={cfg.users}, "
         f"items={n_titles * n_intents}, events_per_user={cfg.events_per_user}, "
@@ -224,6 +191,30 @@ def _generate_hidden_intent(cfg: SyntheticConfig, seed: int) -> RawTables:
         source=source,
         hidden_columns=["planted_intent", "session_true"],
         label_only_columns=["action_type"],
+    )
+
+
+def _events_frame(
+    log: _Log, item: np.ndarray, action: np.ndarray, duration: np.ndarray
+) -> pl.DataFrame:
+    """The canonical events table of a generated log (0-based codes -> 1-based ids)."""
+    return pl.DataFrame(
+        {
+            "user_id": log.event_user + 1,
+            "item_id": item + 1,
+            "timestamp": log.timestamp,
+            "action_type": pl.Series(ACTION_TYPES).gather(action),
+            "duration": duration,
+            "planted_intent": pl.Series(INTENTS).gather(log.event_intent),
+            "session_true": log.event_session + 1,
+        },
+        schema_overrides={
+            "user_id": pl.Int64,
+            "item_id": pl.Int64,
+            "timestamp": pl.Int64,
+            "duration": pl.Float64,
+            "session_true": pl.Int64,
+        },
     )
 
 
