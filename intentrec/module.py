@@ -3,9 +3,10 @@
 The network is a plain ``nn.Module`` (see ``intentrec.models``) returning a
 :class:`~intentrec.models.output.ModelOutput`; this module owns everything around it:
 
-* ``L = L_item + λ Σ_i w_i L_intent_i`` (or uncertainty weighting, ``loss.weighting``); every part is weighted by the target's duration
-  weight and normalised by the sum of the weights that entered it, so the loss scale does
-  not depend on batch size; padding and non-target positions are masked out of every part.
+* ``L = L_item + λ Σ_i w_i L_intent_i`` (or uncertainty weighting, ``loss.weighting``);
+  every part is weighted by the target's duration weight and normalised by the sum of the
+  weights that entered it, so the loss scale does not depend on batch size; padding and
+  non-target positions are masked out of every part.
 * exact full-catalogue ranking metrics (chunked over the catalogue, pessimistic ties) and
   intent metrics, reduced as sums and counts so DDP and batch size never change them.
 * optimiser and schedule from config (AdamW + linear warmup + cosine by default).
@@ -221,12 +222,12 @@ class IntentRecModule(pl.LightningModule):
         """Softmax over each row's target, the batch's other targets and shared samples.
 
         With in-batch negatives (GRU4Rec's official sampled cross-entropy, see
-        ``intentrec.models.gru4rec``): columns
-        are ``[y_1..y_N, s_1..s_K]`` with ``s ~ count ** alpha`` drawn once per step,
+        ``intentrec.models.gru4rec``): columns are ``[y_1..y_N, s_1..s_K]`` with
+        ``s ~ count ** alpha`` drawn once per step,
         duplicates and accidental hits kept, logQ ``-logq * log q(column)`` with raw counts
         for the in-batch targets and ``count ** alpha`` for the samples.
-        Without (``loss.item_loss=sampled`` for the other models): columns ``[y_n, s_1..s_K]`` per row with
-        ``K = loss.num_negatives`` shared samples ~ count ** 0.75 and full logQ: in-batch
+        Without (``loss.item_loss=sampled`` for the other models): columns
+        ``[y_n, s_1..s_K]`` per row with ``K = loss.num_negatives`` shared samples ~ count ** 0.75 and full logQ: in-batch
         targets are left out because a window batch holds batch x seq_len of them, which
         at scale is as many columns as the catalogue. Rows are processed in chunks so
         memory stays O(chunk x columns).
