@@ -44,6 +44,7 @@ from intentrec.run_folder import (
     CONFIG_FILE,
     LAST_CHECKPOINT,
     METRICS_FILE,
+    PROTOCOL_FILE,
     config_changes,
     finished_metrics,
     run_dir,
@@ -277,7 +278,7 @@ def train_run(
     if trainer.is_global_zero:
         for stage, ranks in module.per_target_ranks.items():
             write_per_target(out, stage, ranks)
-        (out / "protocol.json").write_text(json.dumps(protocol_record(cfg, dm, module), indent=2))
+        (out / PROTOCOL_FILE).write_text(json.dumps(protocol_record(cfg, dm, module), indent=2))
         for lg in loggers:
             if isinstance(lg, WandbLogger):
                 lg.experiment.summary.update(metrics)
