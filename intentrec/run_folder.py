@@ -67,10 +67,6 @@ def finished_metrics(cfg: DictConfig) -> dict[str, float] | None:
     return {str(k): float(v) for k, v in data.items() if isinstance(v, int | float)}
 
 
-def is_finished(cfg: DictConfig) -> bool:
-    return finished_metrics(cfg) is not None
-
-
 def config_changes(cfg: DictConfig) -> list[str]:
     """Keys whose value differs from the finished run's saved config (results-relevant only)."""
     saved_path = run_dir(cfg) / CONFIG_FILE
