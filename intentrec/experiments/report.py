@@ -150,7 +150,7 @@ def _data_line(exp: Experiment) -> str:
     return line
 
 
-def _md_table(header: list[str], body: list[list[str]]) -> str:
+def md_table(header: list[str], body: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in body]
     return "\n".join(lines)
@@ -169,7 +169,7 @@ def write_summary(
     parts = [_data_line(exp), ""]
     if exp.description:
         parts += [exp.description, ""]
-    parts += [_md_table(header, body), ""]
+    parts += [md_table(header, body), ""]
     parts.append(
         f"Mean ± sample sd over seeds (— with one seed). Δ: relative change of the mean "
         f"{exp.main_metric} vs **{exp.baseline}**; p: paired t-test over seeds "
@@ -183,7 +183,7 @@ def write_summary(
         parts += ["", "Intent prediction (test):", ""]
         iheader = ["variant", *(_short(m) for m in intent_metrics)]
         ibody = [[r.variant, *(_mean_sd(r, m) for m in intent_metrics)] for r in with_intents]
-        parts.append(_md_table(iheader, ibody))
+        parts.append(md_table(iheader, ibody))
     missing = [f"{r.variant} ({r.n}/{len(exp.seeds)})" for r in rows if r.n < len(exp.seeds)]
     if missing:
         parts += ["", f"Unfinished runs: {', '.join(missing)}."]

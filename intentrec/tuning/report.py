@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from intentrec.experiments.report import md_table
 from intentrec.experiments.spec import Experiment
 from intentrec.tuning.space import TuneSpec
 from intentrec.tuning.study import finished_trials, storage_url, tune_dir
@@ -91,14 +92,13 @@ def write_reports(exp: Experiment, spec: TuneSpec, res: Mapping[str, VariantResu
         f"{spec.pruner} · objective: best {monitor} on validation, seed {exp.seeds[0]} · "
         f"study: `optuna-dashboard {storage_url(exp)}`",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
     ]
-    for r in res.values():
-        row = [r.variant, f"{r.best_value:.4f}", str(r.best_trial), str(r.completed)]
-        row += [str(r.pruned), *(_fmt(r.best_params.get(k, "—")) for k in keys)]
-        lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "![trials](trials.png)", ""]
+    body = [
+        [r.variant, f"{r.best_value:.4f}", str(r.best_trial), str(r.completed), str(r.pruned)]
+        + [_fmt(r.best_params.get(k, "—")) for k in keys]
+        for r in res.values()
+    ]
+    lines += [md_table(header, body), "", "![trials](trials.png)", ""]
     (out / "best.md").write_text("\n".join(lines))
     with (out / "best.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
