@@ -227,11 +227,7 @@ def format_summary(prepared: Prepared, top_classes: int = 5) -> str:
         "dropped      " + (", ".join(f"{k}={v:,}" for k, v in dropped.items()) or "nothing")
     )
     lines.append(_catalogue_line(s))
-    weight = s["weight"]
-    lines.append(
-        f"weights      {weight['mode']}"
-        + (f" of {weight['column']}" if weight.get("column") and weight["mode"] != "none" else "")
-    )
+    lines.append(_weight_line(s["weight"]))
     lines.append("features     " + ", ".join(f"{f.name}({f.kind[:5]})" for f in schema.features))
     train_targets = split["train"]["targets"]
     for intent in schema.intents:
@@ -249,6 +245,14 @@ def format_summary(prepared: Prepared, top_classes: int = 5) -> str:
         )
     lines.append(f"fingerprint  {s['fingerprint']}")
     return "\n".join(lines)
+
+
+def _weight_line(weight: dict[str, Any]) -> str:
+    """How targets are weighted: data.duration_weight only applies to a weight column."""
+    if not weight.get("column") or weight["mode"] == "none":
+        why = "" if weight["mode"] == "none" else " (no weight column)"
+        return f"weights      none{why}: every target weighs 1"
+    return f"weights      {weight['mode']} of {weight['column']}"
 
 
 def _catalogue_line(stats: dict[str, Any]) -> str:
