@@ -28,8 +28,8 @@ out of the model's inputs (an intent label only).
 Relative paths resolve against the YAML file's folder. Without ``items.path`` the item
 columns named under ``items`` are read from the events file (one value per item, else an
 error); without an ``items`` section the items table is just the distinct event items.
-The mapping is read once per process: a second load of the same, unchanged mapping and
-files returns the tables already read.
+:func:`source_key` says what the tables depend on (the mapping's text, the files' sizes
+and times), so ``prepare`` reads the files once per process, not once per run.
 
 Every problem is a one-line DataError naming the mapping file or data file, the key and
 the column: unknown keys (typos), values of the wrong kind, missing files, empty files,
@@ -42,7 +42,6 @@ left out (an empty list to explode) are counted in ``RawTables.dropped``.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from difflib import get_close_matches
@@ -129,39 +128,31 @@ class ExtraColumn:
     key: str = "events.extra"  # the mapping key, for messages
 
 
-# One entry: (mapping path, its text, the data files' (path, size, mtime)) -> tables read.
-_LOADED: dict[tuple, RawTables] = {}
-
-
 def load_logs(mapping_yaml: str) -> RawTables:
-    """Read the files a column-mapping YAML describes into the canonical tables.
+    """Read the files a column-mapping YAML describes into the canonical tables."""
+    mapping_path = Path(mapping_yaml)
+    mapping = _parse_mapping(_mapping_text(mapping_path), mapping_path)
+    return _load(mapping, mapping_path, _data_files(mapping, mapping_path))
 
-    Read once per process: the same mapping with unchanged files returns a copy of the
-    tables already read (a run prepares its data several times, an experiment many runs).
-    """
+
+def source_key(mapping_yaml: str) -> tuple:
+    """What the tables of a mapping depend on: the mapping's text and the data files'
+    (path, size, modification time). Equal keys, equal tables: ``prepare`` uses it to
+    reuse a cache it prepared in this process without reading the files again."""
     mapping_path = Path(mapping_yaml)
     text = _mapping_text(mapping_path)
-    mapping = _parse_mapping(text, mapping_path)
+    files = _data_files(_parse_mapping(text, mapping_path), mapping_path)
+    stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return (str(mapping_path.resolve()), text, tuple(stats))
+
+
+def _data_files(mapping: dict[str, Any], mapping_path: Path) -> list[Path]:
+    """The events file, then the items file if the mapping names one (checked to exist)."""
     here = mapping_path.parent
     files = [_resolve(here, mapping["events"]["path"], mapping_path, "events.path")]
     if (mapping.get("items") or {}).get("path") is not None:
         files.append(_resolve(here, mapping["items"]["path"], mapping_path, "items.path"))
-    key = (
-        str(mapping_path.resolve()),
-        text,
-        tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files),
-    )
-    if key not in _LOADED:
-        _LOADED.clear()
-        _LOADED[key] = _load(mapping, mapping_path, files)
-    raw = _LOADED[key]
-    return dataclasses.replace(
-        raw,
-        intents=list(raw.intents),
-        hidden_columns=list(raw.hidden_columns),
-        label_only_columns=list(raw.label_only_columns),
-        dropped=dict(raw.dropped),
-    )
+    return files
 
 
 def _load(mapping: dict[str, Any], mapping_path: Path, files: list[Path]) -> RawTables:
