@@ -107,7 +107,8 @@ class SortedEvents:
     def is_multi(self, column: str) -> bool:
         """Whether an events (else items) column holds several labels per row (a list)."""
         frame = self.events if column in self.events.columns else self.items
-        return isinstance(frame.schema[column], pl.List)
+        dtype = frame.schema[column]
+        return isinstance(dtype, pl.List) and is_text(dtype.inner)
 
     def label_sets(self, column: str) -> LabelSets:
         """The labels of a list column of events (else items) per event; memoised."""
@@ -372,7 +373,7 @@ def input_features(
                 categorical(name, *ev.codes(name))
             elif name in ev.label_only:
                 continue
-            elif isinstance(dtype, pl.List):
+            elif isinstance(dtype, pl.List) and is_text(dtype.inner):
                 sets = ev.label_sets(name)
                 cardinality = len(sets.vocabulary) + 1
                 vocabulary = [PAD_LABEL, *sets.vocabulary]

@@ -370,3 +370,21 @@ def test_exploded_rows_are_located_by_their_line(tmp_path: Path) -> None:
         DataError, match=r"1 ids are missing .* the first on line 2 \(in its 'ev' list\)"
     ):
         load_logs(str(mapping))
+
+
+def test_list_columns_are_labels_without_a_declared_type(tmp_path: Path) -> None:
+    (tmp_path / "e.jsonl").write_text(
+        "".join(
+            json.dumps({"u": u, "i": k % 3, "t": 100_000_000 + 60 * k, "codes": [k % 2, 7]}) + "\n"
+            for u in range(2)
+            for k in range(3)
+        )
+    )
+    mapping = _mapping(
+        tmp_path, "events: {path: e.jsonl, user: u, item: i, time: t, extra: [codes]}\n"
+    )
+    raw = load_logs(str(mapping))
+    assert raw.events["codes"].to_list()[:3] == [["0", "7"], ["1", "7"], ["0", "7"]]
+    schema = prepare(_logs_config(mapping, tmp_path).data).schema
+    assert schema.feature("codes").kind == "multi_categorical"
+    assert schema.feature("codes").vocabulary == ["<pad>", "0", "1", "7"]

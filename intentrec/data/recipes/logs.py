@@ -522,11 +522,15 @@ def _extra_column(table: ReadTable, entry: ExtraColumn) -> pl.Expr:
         expr = _category(table, entry.column, entry.key)
     elif entry.type == "numeric":
         expr = _number(table, entry.column, entry.key)
-    elif entry.type == "multi":
-        expr = _labels(table, entry.column, entry.sep, entry.key)
+    elif entry.type == "multi" or _is_label_list(table.frame.schema[entry.column]):
+        expr = _labels(table, entry.column, entry.sep, entry.key)  # a list column: labels
     else:
         expr = pl.col(entry.column)
     return expr.alias(entry.name)
+
+
+def _is_label_list(dtype: pl.DataType) -> bool:
+    return isinstance(dtype, pl.List) and not isinstance(dtype.inner, pl.List | pl.Struct)
 
 
 def _category(table: ReadTable, column: str, key: str | None = None) -> pl.Expr:
@@ -553,7 +557,7 @@ def _labels(table: ReadTable, column: str, separator: str | None, key: str) -> p
     ``separator``; blanks dropped, a null row is an empty list."""
     dtype = table.frame.schema[column]
     source = pl.col(column)
-    if isinstance(dtype, pl.List) and not isinstance(dtype.inner, pl.List | pl.Struct):
+    if _is_label_list(dtype):
         labels = source.cast(pl.List(pl.Utf8))
     elif dtype == pl.Utf8 or isinstance(dtype, pl.Categorical | pl.Enum):
         if separator is None:
