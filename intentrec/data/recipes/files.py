@@ -130,14 +130,14 @@ class ReadTable:
         return f"{locate(self.source, record)} (in its '{self.source.explode}' list)"
 
 
-def file_format(path: Path, declared: str | None = None) -> str:
+def file_format(path: Path, declared: str | None = None, key: str = "format") -> str:
     """``parquet``, ``csv``, ``tsv``, ``jsonl`` or ``json``: ``declared`` (a mapping's
-    ``format``), else from the extension; after a sniff of the first bytes."""
+    ``format``, named ``key``), else from the extension; after a sniff of the first bytes."""
     fmt = declared or FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise DataError(
             f"{path}: unknown file type {path.suffix!r} (use .parquet, .csv, .tsv, .jsonl, "
-            ".ndjson or .json, or declare the mapping key 'format')"
+            f".ndjson or .json, or declare the mapping key '{key}')"
         )
     _sniff(path, fmt)
     return fmt
@@ -309,24 +309,24 @@ def _read_exploded(
     while record in columns or record in fields:
         record = "_" + record
     selected = frame.with_row_index(record).select(record, *outer, name)
-    length = pl.col(name).list.len().fill_null(0)
     try:
-        counts = selected.select(pl.len().alias("records"), (length == 0).sum().alias("empty"))
-        counts = counts.collect().row(0, named=True)
-        exploded = selected.filter(length > 0).explode(name)
-        if fields != [name]:
-            exploded = exploded.unnest(name)
-        table = exploded.select(record, *columns).collect()
+        lists = selected.collect()  # one pass over the file; exploded in memory below
     except (pl.exceptions.PolarsError, OSError) as err:
         raise _read_error(source, err) from None
-    if counts["records"] == 0:
+    if lists.height == 0:
         raise DataError(f"{source.path}: has no rows")
+    length = lists[name].list.len().fill_null(0)
+    # Filtered before exploding: polars versions differ on what an empty list explodes to.
+    exploded = lists.filter(length > 0).explode(name)
+    if fields != [name]:
+        exploded = exploded.unnest(name)
+    table = exploded.select(record, *columns)
     if table.height == 0:
         raise DataError(
             f"{source.path}: every {name!r} list is empty (key '{source.key('explode')}')"
         )
-    records = table[record].to_numpy()
-    return ReadTable(table.drop(record), source, records, int(counts["empty"]))
+    empty = int((length == 0).sum())
+    return ReadTable(table.drop(record), source, table[record].to_numpy(), empty)
 
 
 def locate(source: Source | Path, row: int) -> str:
