@@ -347,6 +347,9 @@ BAD_OPTIONS = {
     "numeric that is not": (GOOD_CSV, f"{{{EV}, extra: [{{column: k, type: numeric}}]}}", ("column 'k' (mapping key 'events.extra[0]'): 3 values are not numbers", "line 2")),
     "two extras one name": (GOOD_CSV, f"{{{EV}, extra: [k, {{column: u, name: k}}]}}", ("two extra columns are named 'k'",)),
     "extra not a list": (GOOD_CSV, f"{{{EV}, extra: k}}", ("key 'events.extra' must be a list",)),
+    "path not a string": (GOOD_CSV, "{path: 5, user: u, item: i, time: t}", ("key 'events.path' must be a string",)),
+    "name not a name": (GOOD_CSV, f"{{{EV}}}\nname: [a]", ("key 'name' must be a name",)),
+    "intent not a name": (GOOD_CSV, f"{{{EV}}}\nintents: [[k]]", ("key 'intents' must be a column name",)),
     "items file options without items.path": (GOOD_CSV, f"{{{EV}}}\nitems: {{kind: k, header: false}}", ("key 'items.header' describes an items file",)),
 }  # fmt: skip
 

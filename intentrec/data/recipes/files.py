@@ -244,11 +244,15 @@ def _missing_column(source: Source, key: str, column: str, available: list[str])
     message = (
         f"{source.path}: column {column!r} (mapping key '{key}') not found; columns: {available}"
     )
-    if source.is_csv and source.header and _looks_like_data(available):
-        message += (
-            f"; line 1 looks like data, not a header: set '{source.key('header')}: false' "
-            f"and name the columns with '{source.key('columns')}' (or map them by position, 1..N)"
+    if source.is_csv and source.header:
+        fix = (
+            f"set '{source.key('header')}: false' and name the columns with "
+            f"'{source.key('columns')}' (or map them by position, 1..N)"
         )
+        if _looks_like_data(available):
+            message += f"; line 1 looks like data, not a header: {fix}"
+        else:
+            message += f"; if the file has no header line, {fix}"
     elif source.is_csv and not source.header and source.columns is None:
         message += (
             f" (a headerless file without '{source.key('columns')}': map columns by position)"

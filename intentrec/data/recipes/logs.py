@@ -19,7 +19,8 @@ like any other. File options: ``format`` (parquet | csv | tsv | jsonl | json; de
 from the extension), CSV/TSV ``header``, ``columns``, ``delimiter``, ``quote`` (null: no
 quoting), and ``explode``: a list column (JSON lines, parquet) whose elements become the
 rows, the fields of a list of structs becoming columns (a session per line).
-An ``extra`` entry is a column name (text becomes categorical, numbers numeric) or
+An ``extra`` entry is a column name (text becomes categorical, numbers numeric, lists of
+labels multi-categorical) or
 ``{column, type: categorical|multi|numeric, sep?, name?, input?}``: its type is declared
 whatever the dtype (integer category ids stay categories, never numbers), ``multi`` splits
 text by ``sep`` (or takes a list column), ``name`` renames it, ``input: false`` keeps it
@@ -32,8 +33,8 @@ error); without an ``items`` section the items table is just the distinct event 
 and times), so ``prepare`` reads the files once per process, not once per run.
 
 The mapping file's keys and their checks are ``logs_mapping.py``; this module reads the
-data it describes. Every problem is a one-line DataError naming the mapping file or data file, the key and
-the column: unknown keys (typos), values of the wrong kind, missing files, empty files,
+data it describes. Every problem is a one-line DataError naming the mapping file or data
+file, the key and the column: unknown keys (typos), values of the wrong kind, missing files, empty files,
 folders, columns that do not exist (with the columns that do; a header line that looks
 like data suggests ``header: false``), unknown units or types, a unit the numbers
 evidently are not in, unparsable timestamps or numbers and missing ids (count, example,

@@ -101,8 +101,10 @@ def parse_mapping(text: str, path: Path) -> dict[str, Any]:
         for key in (*columns, "explode"):
             if values.get(key) is not None:
                 values[key] = _column_name(values[key], f"{section}.{key}", path)
-    if not isinstance(events.get("path"), str) or not events["path"]:
+    if events.get("path") is None:
         raise DataError(f"{path}: key 'events.path' is required (the events file)")
+    if mapping.get("name") is not None and not isinstance(mapping["name"], str | int):
+        raise DataError(f"{path}: key 'name' must be a name, got {mapping['name']!r}")
     for key in ("user", "item", "time"):
         if events.get(key) is None:
             raise DataError(f"{path}: key 'events.{key}' is required (a column name or position)")
@@ -120,7 +122,9 @@ def parse_mapping(text: str, path: Path) -> dict[str, Any]:
     for section in ("events", "items"):
         values = mapping.get(section) or {}
         for key in ("path", "time_unit", "duration_unit", "release_unit", "genres_sep", "format"):
-            if values.get(key) is not None and not isinstance(values[key], str):
+            if values.get(key) is not None and (
+                not isinstance(values[key], str) or not values[key]
+            ):
                 raise DataError(
                     f"{path}: key '{section}.{key}' must be a string, got {values[key]!r}"
                 )
