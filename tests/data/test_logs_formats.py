@@ -391,3 +391,12 @@ def test_list_columns_are_labels_without_a_declared_type(tmp_path: Path) -> None
     schema = prepare(_logs_config(mapping, tmp_path).data).schema
     assert schema.feature("codes").kind == "multi_categorical"
     assert schema.feature("codes").vocabulary == ["<pad>", "0", "1", "7"]
+
+
+def test_undeclared_integer_extra_says_how_to_make_it_a_category(tmp_path: Path, caplog) -> None:
+    (tmp_path / "e.csv").write_text("u,i,t,cat\nu1,i1,100000000,7\nu1,i2,100000060,8\n")
+    mapping = _mapping(tmp_path, "events: {path: e.csv, user: u, item: i, time: t, extra: [cat]}\n")
+    with caplog.at_level("WARNING", logger="intentrec.data.recipes.logs"):
+        raw = load_logs(str(mapping))
+    assert raw.events.schema["cat"] == pl.Int64  # as before: numbers stay numbers
+    assert "declare {column: cat, type: categorical}" in caplog.text

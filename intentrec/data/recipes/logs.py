@@ -282,6 +282,17 @@ def _extra_column(table: ReadTable, entry: ExtraColumn) -> pl.Expr:
     elif entry.type == "multi" or _is_label_list(table.frame.schema[entry.column]):
         expr = _labels(table, entry.column, entry.sep, entry.key)  # a list column: labels
     else:
+        if table.frame.schema[entry.column].is_integer():
+            # Integers may be ids (a category) or amounts: the dtype cannot tell, so say
+            # which one this becomes and how to declare the other.
+            log.warning(
+                "%s: column %r (mapping key '%s') holds integers: a numeric feature; if they "
+                "are category ids, declare {column: %s, type: categorical}",
+                table.path,
+                entry.column,
+                entry.key,
+                entry.column,
+            )
         expr = pl.col(entry.column)
     return expr.alias(entry.name)
 
