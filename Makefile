@@ -27,8 +27,8 @@ install: $(VENV)/.installed ## build .venv (torch CPU first, then the package wi
 train: install ## run an experiment: make train EXP=ablation_intent ARGS="data=ml-100k"
 	$(BIN)/intentrec train $(EXP) $(ARGS)
 
-data: install ## prepare a dataset: make data NAME=ml-100k
-	$(BIN)/intentrec data prepare $(or $(NAME),synthetic)
+data: install ## prepare a dataset: make data NAME=ml-100k, NAME=logs MAPPING=datasets/logs_example.yaml, NAME=movielens DATA_PATH=~/ml-1m
+	$(BIN)/intentrec data prepare $(or $(NAME),synthetic) $(if $(or $(MAPPING),$(DATA_PATH)),--path "$(or $(MAPPING),$(DATA_PATH))") $(ARGS)
 
 test: install ## fast test suite (CPU, < 10 min on 2 cores)
 	$(BIN)/pytest -q

@@ -299,8 +299,13 @@ class IntentRecDataModule(pl.LightningDataModule):
 
     # -- Lightning hooks ------------------------------------------------------------------
     def prepare_data(self) -> None:
-        """Build or reuse the cache (Lightning calls this on local rank 0 only)."""
-        self.prepared = prepare(self.cfg.data, self._raw)
+        """Build or reuse the cache (Lightning calls this on local rank 0 only).
+
+        Once per DataModule: Lightning calls it again for fit, validate and test, and each
+        call would re-read the source (a user's logs) and re-hash it for the fingerprint.
+        """
+        if self.prepared is None:
+            self.prepared = prepare(self.cfg.data, self._raw)
 
     def setup(self, stage: str | None = None) -> None:
         """Open the cache and index the windows of every stage (idempotent)."""

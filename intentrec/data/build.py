@@ -385,6 +385,10 @@ def _stats(
     dropped["items_without_kept_events"] = raw.items.height - ids.num_items
     if feats.genres is not None:
         dropped["genre_input_truncated_items"] = feats.genres.truncated_items
+    for spec in feats.feature_specs:  # list extras (logs ``type: multi``), as for genres
+        if spec.kind == "multi_categorical" and spec.name != "genre":
+            truncated = feats.ev.label_sets(spec.name).truncated_events
+            dropped[f"{spec.name}_input_truncated_events"] = truncated
     timestamp = ordered.timestamp
     return {
         "dataset": raw.name,

@@ -75,6 +75,7 @@ class SortedEvents:
     hidden: frozenset[str] = frozenset()
     label_only: frozenset[str] = frozenset()
     _codes: dict[str, tuple[np.ndarray, list[str]]] = field(default_factory=dict, repr=False)
+    _sets: dict[str, LabelSets] = field(default_factory=dict, repr=False)
 
     @property
     def num_items(self) -> int:
@@ -102,6 +103,21 @@ class SortedEvents:
                 item_codes, vocabulary = text_codes(self.items[column])
                 self._codes[column] = (_with_padding_row(item_codes, 0)[self.item], vocabulary)
         return self._codes[column]
+
+    def is_multi(self, column: str) -> bool:
+        """Whether an events (else items) column holds several labels per row (a list)."""
+        frame = self.events if column in self.events.columns else self.items
+        dtype = frame.schema[column]
+        return isinstance(dtype, pl.List) and is_text(dtype.inner)
+
+    def label_sets(self, column: str) -> LabelSets:
+        """The labels of a list column of events (else items) per event; memoised."""
+        if column not in self._sets:
+            if column in self.events.columns:
+                self._sets[column] = label_sets(self.events[column], np.arange(self.item.size))
+            else:
+                self._sets[column] = label_sets(self.items[column], self.item.astype(np.int64) - 1)
+        return self._sets[column]
 
     def extra_columns(self) -> tuple[list[str], list[str]]:
         """Extra (non-canonical, non-hidden) columns of events and of items, in table order."""
@@ -225,6 +241,67 @@ def genre_table(items: pl.DataFrame) -> GenreTable:
     return GenreTable(vocabulary, codes, words, item, genre, truncated)
 
 
+# ---------------------------------------------------------------------------------------
+# Any other list column (events or items) -> per-event codes and bitmask
+# ---------------------------------------------------------------------------------------
+@dataclass
+class LabelSets:
+    """Several labels per event from a List[Utf8] column (a logs mapping's ``type: multi``).
+
+    The genre table's structure for any column: row j of ``codes`` / ``words`` is event j.
+    """
+
+    vocabulary: list[str]  # class c <-> vocabulary[c]; feature code = c + 1
+    codes: np.ndarray  # [n, max_values] feature codes, 0-padded (at most MAX_GENRES_PER_EVENT)
+    words: np.ndarray  # uint64 [n, ceil(V / 64)] multi-hot bitmask of all the labels
+    pair_row: np.ndarray  # int64 [pairs] source row of each (row, label) pair
+    pair_label: np.ndarray  # int64 [pairs] class of each pair
+    row_of_event: np.ndarray  # int64 [n] source row of each event
+    truncated_events: int  # events with more labels than the input keeps (labels keep all)
+
+    def class_counts(self, events: np.ndarray) -> list[int]:
+        """Per class, how many of the ``events`` (bool [n]) carry it."""
+        rows = np.bincount(
+            self.row_of_event[events], minlength=int(self.pair_row.max(initial=0)) + 1
+        )
+        counts = np.bincount(
+            self.pair_label, weights=rows[self.pair_row].astype(np.float64),
+            minlength=len(self.vocabulary),
+        )  # fmt: skip
+        return np.rint(counts).astype(int).tolist()
+
+
+def label_sets(column: pl.Series, row_of_event: np.ndarray) -> LabelSets:
+    """Distinct labels of each row of a List[Utf8] ``column``, gathered per event
+    (``row_of_event``: int64 [n], the row of each event)."""
+    rows = column.len()
+    pairs = (
+        pl.DataFrame({"row": np.arange(rows, dtype=np.int64), "label": column})
+        .explode("label")
+        .drop_nulls("label")
+        .unique(["row", "label"])
+    )
+    vocabulary = pairs["label"].unique().sort().to_list()
+    label = pairs["label"].cast(pl.Enum(vocabulary)).to_physical().to_numpy().astype(np.int64)
+    row = pairs["row"].to_numpy().astype(np.int64)
+    order = np.lexsort((label, row))
+    row, label = row[order], label[order]
+    per_row = np.bincount(row, minlength=rows)  # [rows]
+    max_values = max(1, min(int(per_row.max()) if rows else 0, MAX_GENRES_PER_EVENT))
+    rank = np.arange(row.size) - (np.cumsum(per_row) - per_row)[row]  # rank within its row
+    kept = rank < max_values
+    codes = np.zeros((rows, max_values), dtype=code_dtype(len(vocabulary) + 1))
+    codes[row[kept], rank[kept]] = label[kept] + 1
+    words = np.zeros((rows, max(1, -(-len(vocabulary) // 64))), dtype=np.uint64)
+    np.bitwise_or.at(
+        words, (row, label // 64), np.left_shift(np.uint64(1), (label % 64).astype(np.uint64))
+    )
+    truncated = int((per_row[row_of_event] > max_values).sum())
+    return LabelSets(
+        vocabulary, codes[row_of_event], words[row_of_event], row, label, row_of_event, truncated
+    )
+
+
 def unpack_multi_hot(words: np.ndarray, num_classes: int) -> np.ndarray:
     """uint64 bitmask [..., W] -> float32 multi-hot [..., num_classes]."""
     shifts = np.arange(64, dtype=np.uint64)
@@ -243,7 +320,8 @@ def input_features(
 
     Categorical: action_type, kind, hour (UTC hour + 1), weekday (Mon = 1), rating (its
     distinct values), text/boolean extra columns of events then items; code 0 = padding or
-    missing. Multi-categorical: genre (item genres, at most 8, sorted by code). Numeric in
+    missing. Multi-categorical: genre (item genres, at most 8, sorted by code) and list
+    extra columns (at most 8 labels per event, sorted by code). Numeric in
     [0, 1]: time_gap (log1p seconds since the user's previous event / log1p(1 year); 0 for
     the first event), duration (log1p / train max), time_since_release (log1p days / train
     max; 0 without release date, negative ages clipped to 0), session_position (log1p of the
@@ -295,13 +373,23 @@ def input_features(
                 categorical(name, *ev.codes(name))
             elif name in ev.label_only:
                 continue
+            elif isinstance(dtype, pl.List) and is_text(dtype.inner):
+                sets = ev.label_sets(name)
+                cardinality = len(sets.vocabulary) + 1
+                vocabulary = [PAD_LABEL, *sets.vocabulary]
+                max_values = sets.codes.shape[1]
+                specs.append(
+                    FeatureSpec(name, "multi_categorical", cardinality, max_values, vocabulary)
+                )
+                arrays[name] = sets.codes  # [n, max_values]
             elif dtype.is_numeric():
                 series = frame[name] if table == "events" else _item_column(ev, name)
                 numeric_extras.append((name, series))
             else:
                 raise DataError(
                     f"{table} column {name!r} has dtype {dtype}: extra columns must be text, "
-                    "boolean or numeric (convert or drop it in the recipe / logs mapping)"
+                    "boolean, numeric or a list of labels (convert or drop it in the recipe / "
+                    "logs mapping)"
                 )
 
     if genres is not None:

@@ -62,7 +62,8 @@ def intent_labels(
         release date -> -100.
     engagement: rating < 3 low, 3 <= rating < 4 mid, rating >= 4 high (5-star scale);
         no rating -> -100.
-    Any other name: the text value of that events (else items) column.
+    Any other name: the text value of that events (else items) column; a list column
+        (a logs mapping's ``type: multi``) is a multi-label intent like genre.
     """
     valid = available_intents(ev)
     unknown = [n for n in names if n not in valid]
@@ -112,6 +113,12 @@ def intent_labels(
             rating = ev.events["rating"].cast(pl.Float64).to_numpy()
             labels = np.where(rating < 3, 0, np.where(rating < 4, 1, 2))
             single(name, np.where(np.isnan(rating), IGNORE_INDEX, labels), list(ENGAGEMENT_CLASSES))
+        elif name not in KNOWN_INTENTS and ev.is_multi(name):
+            sets = ev.label_sets(name)
+            counts = sets.class_counts(targets)
+            specs.append(IntentSpec(name, "multi", len(sets.vocabulary), sets.vocabulary, counts))
+            arrays[name] = sets.words  # [n, W]
+            info[name] = {"unlabelled_events": int((~sets.words.any(axis=1)).sum())}
         else:
             codes, vocabulary = ev.codes(KNOWN_INTENTS.get(name, ("events", name))[1])
             labels = codes.astype(np.int64) - 1

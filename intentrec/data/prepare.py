@@ -29,12 +29,16 @@ from intentrec.data.cache import (
     write_cache,
 )
 from intentrec.data.raw import RawTables
-from intentrec.data.recipes import load_raw  # recipe modules themselves load lazily
+from intentrec.data.recipes import load_raw, source_key  # recipe modules load lazily
 from intentrec.data.schema import HIDDEN_COLUMNS, DataSchema
 from intentrec.data.splits import SPLIT_NAMES
 from intentrec.data.validate import validate_tables
 
 log = logging.getLogger(__name__)
+
+# (config keys of the cache, cache root, the recipe's source key) -> a cache prepared in
+# this process: an experiment's runs then read a user's logs once, not once per run.
+_PREPARED_HERE: dict[tuple, Path] = {}
 
 
 @dataclass
@@ -134,7 +138,13 @@ def prepare(data_cfg: Any, raw: RawTables | None = None) -> Prepared:
     with ``intentrec.data.validate.validate_tables`` first (the recipes validate their own).
     """
     timer = _Timer()
+    here_key = None
     if raw is None:
+        here_key = _prepared_here_key(data_cfg)
+        path = _PREPARED_HERE.get(here_key) if here_key is not None else None
+        if path is not None and is_complete(path):
+            log.info("prepare: reusing cache %s (source unchanged since it was read)", path)
+            return _reused(path, timer)
         raw = load_raw(data_cfg)
     else:
         raw = validate_tables(raw, raw.source or raw.name)
@@ -168,15 +178,11 @@ def prepare(data_cfg: Any, raw: RawTables | None = None) -> Prepared:
     )
     path = cache_dir_for(data_cfg.cache_dir, raw.name, digest)
     timer.lap("fingerprint")
+    if here_key is not None:
+        _PREPARED_HERE[here_key] = path
     if is_complete(path):
         log.info("prepare: reusing cache %s", path)
-        return Prepared(
-            cache_dir=path,
-            schema=DataSchema.from_json(path / "schema.json"),
-            stats=json.loads((path / "stats.json").read_text()),
-            reused=True,
-            seconds=timer.seconds,
-        )
+        return _reused(path, timer)
     arrays, tables, schema, stats = build(
         raw,
         data_cfg,
@@ -198,6 +204,25 @@ def prepare(data_cfg: Any, raw: RawTables | None = None) -> Prepared:
         sum(timer.seconds.values()),
     )
     return Prepared(cache_dir=path, schema=schema, stats=stats, seconds=timer.seconds)
+
+
+def _reused(path: Path, timer: _Timer) -> Prepared:
+    return Prepared(
+        cache_dir=path,
+        schema=DataSchema.from_json(path / "schema.json"),
+        stats=json.loads((path / "stats.json").read_text()),
+        reused=True,
+        seconds=timer.seconds,
+    )
+
+
+def _prepared_here_key(data_cfg: Any) -> tuple | None:
+    """Key of :data:`_PREPARED_HERE`; None for recipes that cannot tell without reading."""
+    source = source_key(data_cfg)
+    if source is None:
+        return None
+    config = json.dumps(fingerprint_config(data_cfg), sort_keys=True, default=str)
+    return (config, str(Path(data_cfg.cache_dir).resolve()), source)
 
 
 # ---------------------------------------------------------------------------------------
@@ -227,11 +252,7 @@ def format_summary(prepared: Prepared, top_classes: int = 5) -> str:
         "dropped      " + (", ".join(f"{k}={v:,}" for k, v in dropped.items()) or "nothing")
     )
     lines.append(_catalogue_line(s))
-    weight = s["weight"]
-    lines.append(
-        f"weights      {weight['mode']}"
-        + (f" of {weight['column']}" if weight.get("column") and weight["mode"] != "none" else "")
-    )
+    lines.append(_weight_line(s["weight"]))
     lines.append("features     " + ", ".join(f"{f.name}({f.kind[:5]})" for f in schema.features))
     train_targets = split["train"]["targets"]
     for intent in schema.intents:
@@ -249,6 +270,14 @@ def format_summary(prepared: Prepared, top_classes: int = 5) -> str:
         )
     lines.append(f"fingerprint  {s['fingerprint']}")
     return "\n".join(lines)
+
+
+def _weight_line(weight: dict[str, Any]) -> str:
+    """How targets are weighted: data.duration_weight only applies to a weight column."""
+    if not weight.get("column") or weight["mode"] == "none":
+        why = "" if weight["mode"] == "none" else " (no weight column)"
+        return f"weights      none{why}: every target weighs 1"
+    return f"weights      {weight['mode']} of {weight['column']}"
 
 
 def _catalogue_line(stats: dict[str, Any]) -> str:

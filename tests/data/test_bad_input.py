@@ -390,8 +390,8 @@ def test_movielens_path_that_is_a_file(tmp_path: Path) -> None:
 
 
 def test_feature_stage_errors_name_the_source(tmp_path: Path, capsys) -> None:
-    files = {"e.jsonl": '{"u": "a", "i": "x", "t": 1704067200, "tags": ["a"]}\n'
-                        '{"u": "a", "i": "y", "t": 1704067300, "tags": []}\n'}  # fmt: skip
+    files = {"e.jsonl": '{"u": "a", "i": "x", "t": 1704067200, "tags": {"a": 1}}\n'
+                        '{"u": "a", "i": "y", "t": 1704067300, "tags": {"a": 2}}\n'}  # fmt: skip
     mapping = "events: {path: e.jsonl, user: u, item: i, time: t, extra: [tags]}\n"
     code, _, err = run_logs(tmp_path, capsys, files, mapping)
-    _refused(code, err, ("m.yaml (events: ", "e.jsonl", "events column 'tags' has dtype List"))
+    _refused(code, err, ("m.yaml (events: ", "e.jsonl", "events column 'tags' has dtype Struct"))

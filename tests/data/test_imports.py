@@ -64,7 +64,9 @@ def test_data_package_has_no_import_cycle():
     assert "intentrec.data.raw" in graph["intentrec.data.validate"]
 
 
-@pytest.mark.parametrize("module", ["validate", "recipes", "prepare", "recipes.logs"])
+@pytest.mark.parametrize(
+    "module", ["validate", "recipes", "prepare", "recipes.logs", "recipes.logs_mapping"]
+)
 def test_each_module_imports_on_its_own(module):
     done = subprocess.run(
         [sys.executable, "-c", f"import intentrec.data.{module}"],

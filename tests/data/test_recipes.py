@@ -472,27 +472,6 @@ def test_logs_without_items_section_use_distinct_event_items(tmp_path):
     assert raw.intents == [] and raw.weight_column is None
 
 
-def test_logs_example_mapping_is_valid(tmp_path):
-    example = REPO_ROOT / "datasets" / "logs_example.yaml"
-    shutil.copy(example, tmp_path / "mapping.yaml")
-    (tmp_path / "events.csv").write_text(
-        "account_id,title_id,played_at,entry_point,seconds_watched,device\n"
-        "a,t1,2024-03-01T20:00:00Z,row,1800,tv\n"
-    )
-    pl.DataFrame(
-        {
-            "title_id": ["t1"],
-            "genres": [["Drama"]],
-            "format": ["show"],
-            "release_date": ["2024-02-01"],
-            "maturity": ["PG"],
-        }
-    ).write_parquet(tmp_path / "titles.parquet")
-    raw = validate_tables(load_logs(str(tmp_path / "mapping.yaml")), "example")
-    assert raw.name == "my-service"
-    assert raw.items.row(0) == ("t1", ["Drama"], "show", 1_706_745_600, "PG")
-
-
 @pytest.mark.parametrize(
     ("events_yaml", "fragments"),
     [

@@ -13,7 +13,11 @@ from intentrec.data.errors import DataError
 from intentrec.data.raw import RawTables
 from intentrec.data.validate import validate_tables
 
-__all__ = ["RawTables", "load_raw"]  # RawTables re-exported for callers outside the data package
+__all__ = [
+    "RawTables",
+    "load_raw",
+    "source_key",
+]  # RawTables re-exported for callers outside the data package
 
 
 def load_raw(data_cfg: Any) -> RawTables:
@@ -58,6 +62,16 @@ def load_raw(data_cfg: Any) -> RawTables:
         raw.items.height,
     )
     return raw
+
+
+def source_key(data_cfg: Any) -> tuple | None:
+    """What a recipe's tables depend on besides the config, when it can say so without
+    reading the data (logs: the mapping's text and the files' sizes and times); else None."""
+    if data_cfg.name == "logs" and data_cfg.path:
+        from intentrec.data.recipes.logs import source_key as logs_source_key
+
+        return logs_source_key(str(data_cfg.path))
+    return None
 
 
 def _synthetic_config(node: Any) -> Any:

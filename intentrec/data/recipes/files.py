@@ -11,9 +11,14 @@ and, for text formats, the line:
   polars inferred for its column;
 * a JSON line that is not valid JSON (e.g. truncated) or not an object.
 
+How to read a file beyond its extension is a :class:`Source`: a declared format, CSV
+without a header line (columns named by the mapping, or "1".."N" by position), another
+delimiter or quote character, and a list column to explode (one row per element; a list
+of structs becomes one column per field), for files with one session per line.
+
 :func:`csv_problem` is that pass for a CSV file (also used by the MovieLens recipe);
-:func:`locate` turns a row index into "line N" (CSV, JSON lines) or "row N" (parquet,
-JSON arrays) for messages about values, e.g. a missing id.
+:meth:`ReadTable.where` turns a row index into "line N" (CSV, JSON lines) or "row N"
+(parquet, JSON arrays) for messages about values, e.g. a missing id.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ import gzip
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 import polars as pl
 
 from intentrec.data.errors import DataError
@@ -34,11 +41,21 @@ from intentrec.data.errors import DataError
 FORMATS = {
     ".parquet": "parquet",
     ".csv": "csv",
+    ".tsv": "tsv",
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
     ".json": "json",
 }
-_FORMAT_NAMES = {"parquet": "parquet", "csv": "CSV", "jsonl": "JSON lines", "json": "JSON"}
+# Declarable formats (a mapping's `format`); tsv is CSV with a tab delimiter.
+FORMAT_CHOICES = ("parquet", "csv", "tsv", "jsonl", "json")
+_FORMAT_NAMES = {
+    "parquet": "parquet",
+    "csv": "CSV",
+    "tsv": "TSV",
+    "jsonl": "JSON lines",
+    "json": "JSON",
+}
+_TEXT_TABLES = ("csv", "tsv")
 # Leading bytes of formats a user may have misnamed.
 _MAGIC = (  # (leading bytes, what the file looks like, what to do)
     (b"PAR1", "parquet", "rename it to .parquet"),
@@ -60,76 +77,272 @@ class _BadLine(Exception):
 _PARSE_ERROR = re.compile(r"could not parse `(.*)` as dtype `([^`]*)` at column '([^']*)'")
 
 
-def file_format(path: Path) -> str:
-    """``parquet``, ``csv``, ``jsonl`` or ``json`` from the extension, after a sniff."""
-    fmt = FORMATS.get(path.suffix.lower())
+@dataclass(frozen=True)
+class Source:
+    """One data file and how to read it (a mapping section's file options).
+
+    format: parquet | csv | tsv | jsonl | json, already resolved (see :func:`file_format`).
+    header: CSV/TSV only: False when line 1 is data. columns: names of a headerless file's
+    columns (None: "1".."N", by position). delimiter / quote: CSV/TSV field delimiter and
+    quote character (quote None: quotes are ordinary characters). explode: a list column;
+    each element becomes a row (the other columns repeated), struct fields become columns.
+    section: the mapping section ("events" / "items") that messages name keys under.
+    """
+
+    path: Path
+    format: str
+    section: str = "events"
+    header: bool = True
+    columns: tuple[str, ...] | None = None
+    delimiter: str = ","
+    quote: str | None = '"'
+    explode: str | None = None
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def is_csv(self) -> bool:
+        return self.format in _TEXT_TABLES
+
+    def key(self, name: str) -> str:
+        return f"{self.section}.{name}"
+
+
+@dataclass
+class ReadTable:
+    """The columns read from a :class:`Source`, and where each row came from."""
+
+    frame: pl.DataFrame
+    source: Source
+    records: np.ndarray | None = None  # exploded: 0-based record (line / row) of each row
+    empty_lists: int = 0  # exploded: records left out because their list is empty or null
+
+    @property
+    def path(self) -> Path:
+        return self.source.path
+
+    def where(self, row: int) -> str:
+        """Where 0-based row ``row`` is: "line N" (CSV, JSON lines) or "row N" (parquet)."""
+        if self.records is None:
+            return locate(self.source, row)
+        record = int(self.records[row])
+        return f"{locate(self.source, record)} (in its '{self.source.explode}' list)"
+
+
+def file_format(path: Path, declared: str | None = None, key: str = "format") -> str:
+    """``parquet``, ``csv``, ``tsv``, ``jsonl`` or ``json``: ``declared`` (a mapping's
+    ``format``, named ``key``), else from the extension; after a sniff of the first bytes."""
+    fmt = declared or FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise DataError(
-            f"{path}: unknown file type {path.suffix!r} (use .parquet, .csv, .jsonl, "
-            ".ndjson or .json)"
+            f"{path}: unknown file type {path.suffix!r} (use .parquet, .csv, .tsv, .jsonl, "
+            f".ndjson or .json, or declare the mapping key '{key}')"
         )
     _sniff(path, fmt)
     return fmt
 
 
-def _scan(path: Path, fmt: str, text_columns: list[str]) -> pl.LazyFrame:
-    """Lazy frame of a ``fmt`` file; id columns of CSV files are read as text (keeps '007')."""
+def _csv_options(source: Source) -> dict:
+    return {
+        "separator": source.delimiter,
+        "quote_char": source.quote,
+        "has_header": source.header,
+    }
+
+
+def csv_columns(source: Source) -> list[str]:
+    """The column names of a CSV/TSV source: its header, the mapping's ``columns``, or
+    "1".."N" (1-based positions) for a headerless file without names.
+
+    Raises DataError when ``columns`` names another number of columns than line 1 has.
+    """
+    try:
+        first = pl.read_csv(source.path, n_rows=0 if source.header else 1, **_csv_options(source))
+    except (pl.exceptions.PolarsError, OSError) as err:
+        raise _read_error(source, err) from None
+    if source.header:
+        return first.columns
+    if source.columns is None:
+        return [str(k) for k in range(1, first.width + 1)]
+    if len(source.columns) != first.width:
+        raise DataError(
+            f"{source.path}: key '{source.key('columns')}' names {len(source.columns)} "
+            f"columns, but line 1 has {first.width} fields "
+            f"(delimiter {source.delimiter!r}; key '{source.key('delimiter')}')"
+        )
+    return list(source.columns)
+
+
+def _scan(source: Source, text_columns: list[str]) -> pl.LazyFrame:
+    """Lazy frame of a source; id columns of CSV files are read as text (keeps '007')."""
+    path, fmt = source.path, source.format
     try:
         if fmt == "parquet":
             return pl.scan_parquet(path)
-        if fmt == "csv":
-            header = pl.read_csv(path, n_rows=0).columns
-            overrides = {c: pl.Utf8 for c in text_columns if c in header}
-            return pl.scan_csv(path, schema_overrides=overrides, infer_schema_length=100_000)
+        if source.is_csv:
+            names = csv_columns(source)
+            overrides = {c: pl.Utf8 for c in text_columns if c in names}
+            return pl.scan_csv(
+                path,
+                schema_overrides=overrides,
+                infer_schema_length=100_000,
+                new_columns=None if source.header else names,
+                **_csv_options(source),
+            )
         if fmt == "json" and _is_json_array(path):
             return pl.read_json(path, infer_schema_length=100_000).lazy()
         return pl.scan_ndjson(path, infer_schema_length=100_000)
     except (pl.exceptions.PolarsError, OSError) as err:
-        raise _read_error(path, fmt, err) from None
+        raise _read_error(source, err) from None
 
 
 def read_columns(
-    path: Path, wanted: list[tuple[str, str]], text_columns: list[str]
-) -> pl.DataFrame:
+    source: Source | Path, wanted: list[tuple[str, str]], text_columns: list[str]
+) -> ReadTable:
     """The source columns ``wanted`` as (mapping key, column) of one file, names kept.
 
+    With ``source.explode``, each list element is a row and records whose list is empty or
+    null are left out (counted in ``ReadTable.empty_lists``).
     Raises DataError for a column the file lacks (listing those it has), a file without
     rows, and anything :mod:`polars` cannot read, located to the line where possible.
     """
-    fmt = file_format(path)
-    frame = _scan(path, fmt, text_columns)
+    if isinstance(source, Path):
+        source = Source(source, file_format(source))
+    frame = _scan(source, text_columns)
     try:
-        available = frame.collect_schema().names()
+        schema = frame.collect_schema()
     except (pl.exceptions.PolarsError, OSError) as err:
-        raise _read_error(path, fmt, err) from None
+        raise _read_error(source, err) from None
+    available = schema.names()
+    fields: list[str] = []  # the exploded column's struct fields (now columns)
+    if source.explode is not None:
+        fields = _explode_fields(source, schema)
+        available = [c for c in available if c != source.explode] + fields
     for key, column in wanted:
         if column not in available:
-            raise DataError(
-                f"{path}: column {column!r} (mapping key '{key}') not found; columns: {available}"
-            )
+            raise DataError(_missing_column(source, key, column, available))
     columns = list(dict.fromkeys(c for _, c in wanted))
+    if source.explode is not None:
+        return _read_exploded(source, frame, columns, fields)
     # A short CSV line leaves nulls in the file's last column: read it to notice.
-    last = available[-1] if fmt == "csv" and available else None
+    last = available[-1] if source.is_csv and available else None
     try:
         table = frame.select(list(dict.fromkeys([*columns, *([last] if last else [])]))).collect()
     except (pl.exceptions.PolarsError, OSError) as err:
-        raise _read_error(path, fmt, err) from None
+        raise _read_error(source, err) from None
     if table.height == 0:
-        raise DataError(f"{path}: has no rows")
+        raise DataError(f"{source.path}: has no rows")
     if last is not None and table[last].null_count():
-        problem = csv_problem(path)
+        problem = csv_problem(source)
         if problem:
-            raise DataError(f"{path}: {problem}")
-    return table.select(columns)
+            raise DataError(f"{source.path}: {problem}")
+    return ReadTable(table.select(columns), source)
 
 
-def locate(path: Path, row: int) -> str:
-    """Where 0-based data row ``row`` of a file is: "line N" for CSV / JSON lines, else "row N"."""
-    fmt = FORMATS.get(path.suffix.lower())
+def _missing_column(source: Source, key: str, column: str, available: list[str]) -> str:
+    message = (
+        f"{source.path}: column {column!r} (mapping key '{key}') not found; columns: {available}"
+    )
+    if source.is_csv and source.header:
+        fix = (
+            f"set '{source.key('header')}: false' and name the columns with "
+            f"'{source.key('columns')}' (or map them by position, 1..N)"
+        )
+        if _looks_like_data(available):
+            message += f"; line 1 looks like data, not a header: {fix}"
+        else:
+            message += f"; if the file has no header line, {fix}"
+    elif source.is_csv and not source.header and source.columns is None:
+        message += (
+            f" (a headerless file without '{source.key('columns')}': map columns by position)"
+        )
+    return message
+
+
+def _looks_like_data(header: list[str]) -> bool:
+    """A header line with a number among its names, or none that look like names."""
+
+    def number(text: str) -> bool:
+        try:
+            float(text)
+        except ValueError:
+            return False
+        return True
+
+    return any(number(name) for name in header) or not any(name[:1].isalpha() for name in header)
+
+
+def _explode_fields(source: Source, schema: pl.Schema) -> list[str]:
+    """Columns the exploded list adds: its struct's fields, or the column itself."""
+    name, key = source.explode, source.key("explode")
+    if source.is_csv:
+        raise DataError(
+            f"{source.path}: key '{key}': a {_FORMAT_NAMES[source.format]} file holds no list "
+            "columns to explode (explode is for JSON lines and parquet)"
+        )
+    if name not in schema:
+        raise DataError(
+            f"{source.path}: column {name!r} (mapping key '{key}') not found; columns: "
+            f"{schema.names()}"
+        )
+    dtype = schema[name]
+    if not isinstance(dtype, pl.List):
+        raise DataError(
+            f"{source.path}: column {name!r} (mapping key '{key}') holds {dtype}, not a list"
+        )
+    if not isinstance(dtype.inner, pl.Struct):
+        return [name]
+    fields = [f.name for f in dtype.inner.fields]
+    clash = [f for f in fields if f in schema and f != name]
+    if clash:
+        raise DataError(
+            f"{source.path}: key '{key}': field {clash[0]!r} of the {name!r} list has the "
+            "name of another column of the file; rename one of them"
+        )
+    return fields
+
+
+def _read_exploded(
+    source: Source, frame: pl.LazyFrame, columns: list[str], fields: list[str]
+) -> ReadTable:
+    """One row per list element, records with an empty or null list left out (counted)."""
+    name = source.explode
+    outer = [c for c in columns if c not in fields]
+    record = "_record"  # the input record of each row (for messages), named apart
+    while record in columns or record in fields:
+        record = "_" + record
+    selected = frame.with_row_index(record).select(record, *outer, name)
     try:
-        if fmt == "csv":
-            records = _csv_records(path)
-        elif fmt in ("jsonl", "json") and not _is_json_array(path):
+        lists = selected.collect()  # one pass over the file; exploded in memory below
+    except (pl.exceptions.PolarsError, OSError) as err:
+        raise _read_error(source, err) from None
+    if lists.height == 0:
+        raise DataError(f"{source.path}: has no rows")
+    length = lists[name].list.len().fill_null(0)
+    # Filtered before exploding: polars versions differ on what an empty list explodes to.
+    exploded = lists.filter(length > 0).explode(name)
+    if fields != [name]:
+        exploded = exploded.unnest(name)
+    table = exploded.select(record, *columns)
+    if table.height == 0:
+        raise DataError(
+            f"{source.path}: every {name!r} list is empty (key '{source.key('explode')}')"
+        )
+    empty = int((length == 0).sum())
+    return ReadTable(table.drop(record), source, table[record].to_numpy(), empty)
+
+
+def locate(source: Source | Path, row: int) -> str:
+    """Where 0-based data row ``row`` of a file is: "line N" for CSV / JSON lines, else "row N"."""
+    if isinstance(source, Path):
+        fmt = FORMATS.get(source.suffix.lower()) or "parquet"
+        source = Source(source, fmt, delimiter="\t" if fmt == "tsv" else ",")
+    path = source.path
+    try:
+        if source.is_csv:
+            records = _csv_records(source)
+        elif source.format in ("jsonl", "json") and not _is_json_array(path):
             records = _json_lines(path)
         else:
             records = iter(())
@@ -199,18 +412,27 @@ def _is_json_array(path: Path) -> bool:
 # ---------------------------------------------------------------------------------------
 # Where a text file goes wrong (run only when something is wrong)
 # ---------------------------------------------------------------------------------------
-def _read_error(path: Path, fmt: str, err: Exception) -> DataError:
+def _read_error(source: Source, err: Exception) -> DataError:
     """A polars read error, with the first bad line found by reading the file ourselves."""
+    path, fmt = source.path, source.format
     message = str(err).splitlines()[0] if str(err) else type(err).__name__
     problem = None
-    if fmt == "csv":
+    if source.is_csv:
         parse = _PARSE_ERROR.search(str(err))
-        problem = csv_problem(path, parse.group(3, 1, 2) if parse else None)
+        problem = csv_problem(source, parse.group(3, 1, 2) if parse else None)
     elif fmt == "jsonl" or (fmt == "json" and not _is_json_array(path)):
         problem = _json_lines_problem(path)
     elif fmt == "json":
         problem = _json_array_problem(path)
     return DataError(f"{path}: {problem}" if problem else f"{path}: cannot be read: {message}")
+
+
+def _as_source(source: Source | Path) -> Source:
+    """A plain path is a CSV with a header, as its extension says (MovieLens, old callers)."""
+    if isinstance(source, Source):
+        return source
+    fmt = FORMATS.get(source.suffix.lower()) or "csv"
+    return Source(source, fmt, delimiter="\t" if fmt == "tsv" else ",")
 
 
 def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -226,38 +448,51 @@ def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
                 ) from None
 
 
-def _csv_records(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """(first line number, fields) of each CSV record after the header, as polars reads them
-    (a blank line is a record of no fields)."""
-    lines = _utf8_lines(path)
-    text = (line for _, line in lines)
-    reader = csv.reader(text)
-    next(reader, None)  # header
+def _csv_reader(source: Source, lines: Iterator[str]):  # noqa: ANN202 - csv reader object
+    if source.quote is None:
+        return csv.reader(lines, delimiter=source.delimiter, quoting=csv.QUOTE_NONE)
+    return csv.reader(lines, delimiter=source.delimiter, quotechar=source.quote)
+
+
+def _csv_records(source: Source) -> Iterator[tuple[int, list[str]]]:
+    """(first line number, fields) of each CSV record after the header (if any), as polars
+    reads them (a blank line is a record of no fields)."""
+    lines = _utf8_lines(source.path)
+    reader = _csv_reader(source, (line for _, line in lines))
+    if source.header:
+        next(reader, None)
     start = reader.line_num + 1
     for fields in reader:
         yield start, fields
         start = reader.line_num + 1
 
 
-def csv_problem(path: Path, parse_error: tuple[str, str, str] | None = None) -> str | None:
-    """The first line with another number of fields than the header, or that holds the
-    value polars could not parse (``parse_error`` = (column, value, dtype)); else None."""
+def csv_problem(
+    source: Source | Path, parse_error: tuple[str, str, str] | None = None
+) -> str | None:
+    """The first line with another number of fields than line 1 (the header, or the first
+    record of a headerless file), or that holds the value polars could not parse
+    (``parse_error`` = (column, value, dtype)); else None."""
+    source = _as_source(source)
     if parse_error is None:
-        fast = _csv_shape_fast(path)
+        fast = _csv_shape_fast(source)
         if fast is not None:
             return fast or None
     try:
-        with _open(path) as handle:
-            header_line = handle.readline().decode("utf-8")
-        header = next(csv.reader([header_line]))
-        column = header.index(parse_error[0]) if parse_error else -1
-        for line, fields in _csv_records(path):
+        with _open(source.path) as handle:
+            first_line = handle.readline().decode("utf-8")
+        first = next(_csv_reader(source, iter([first_line])))
+        names = first if source.header else csv_columns(source)
+        column = names.index(parse_error[0]) if parse_error else -1
+        what = "the header" if source.header else "line 1"
+        for line, fields in _csv_records(source):
             if not fields:
                 return f"line {line} is blank (a CSV line per event; remove it)"
-            if len(fields) != len(header):
+            if len(fields) != len(first):
                 return (
-                    f"line {line} has {len(fields)} fields, the header {len(header)} "
-                    f"({','.join(header)}): a missing or extra field (an unquoted comma?)"
+                    f"line {line} has {len(fields)} fields, {what} {len(first)} "
+                    f"({source.delimiter.join(first)}): a missing or extra field "
+                    f"(an unquoted {_delimiter_name(source.delimiter)}?)"
                 )
             if parse_error and fields[column] == parse_error[1]:
                 name, value, dtype = parse_error
@@ -268,17 +503,23 @@ def csv_problem(path: Path, parse_error: tuple[str, str, str] | None = None) -> 
                 )
     except _BadLine as err:
         return str(err)
-    except (csv.Error, ValueError, StopIteration):
+    except (csv.Error, ValueError, StopIteration, DataError):
         return None
     return None
 
 
-def _csv_shape_fast(path: Path) -> str | None:
-    """:func:`_csv_problem`'s field counts, vectorised, for files without quotes (where a
+def _delimiter_name(delimiter: str) -> str:
+    return {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}.get(
+        delimiter, repr(delimiter)
+    )
+
+
+def _csv_shape_fast(source: Source) -> str | None:
+    """:func:`csv_problem`'s field counts, vectorised, for files without quotes (where a
     line is a record): the problem, "" if none, or None when the file needs the slow path."""
     try:
         lines = pl.read_csv(
-            path,
+            source.path,
             has_header=False,
             separator="\x1f",
             quote_char=None,
@@ -287,19 +528,25 @@ def _csv_shape_fast(path: Path) -> str | None:
         )["line"]
     except (pl.exceptions.PolarsError, OSError):
         return None
-    if lines.len() < 2 or lines.str.contains(r'["\x1f]').any() or lines[0] is None:
+    special = "\x1f" + (re.escape(source.quote) if source.quote else "")
+    if (
+        lines.len() < (2 if source.header else 1)
+        or lines.str.contains(f"[{special}]").any()
+        or lines[0] is None
+    ):
         return None
-    fields = (lines.str.count_matches(",", literal=True) + 1).fill_null(0)  # blank: 0
+    fields = (lines.str.count_matches(source.delimiter, literal=True) + 1).fill_null(0)  # blank: 0
     bad = (fields != fields[0]).arg_true()
     if bad.len() == 0:
         return ""
     row = int(bad[0])
     if fields[row] == 0:
         return f"line {row + 1} is blank (a CSV line per event; remove it)"
-    header = lines[0].rstrip("\r")
+    first = lines[0].rstrip("\r")
+    what = "the header" if source.header else "line 1"
     return (
-        f"line {row + 1} has {fields[row]} fields, the header {fields[0]} ({header}): "
-        "a missing or extra field (an unquoted comma?)"
+        f"line {row + 1} has {fields[row]} fields, {what} {fields[0]} ({first}): "
+        f"a missing or extra field (an unquoted {_delimiter_name(source.delimiter)}?)"
     )
 
 

@@ -1,58 +1,77 @@
-"""The user's own engagement logs (parquet, CSV or JSON lines) mapped by a YAML file.
+"""The user's own engagement logs (parquet, CSV/TSV or JSON lines) mapped by a YAML file.
 
 The mapping names, for each canonical column, the source column it comes from; see
-``datasets/logs_example.yaml`` for every key with a comment. In short::
+``datasets/logs_example.yaml`` for every key with a comment and ``datasets/README.md``
+for worked examples (a headerless CSV, a JSON-lines file of sessions). In short::
 
     events: {path, user, item, time, time_unit: s|ms|us|iso, action_type?, duration?,
-             duration_unit?: s|ms|min, rating?, extra?: [columns]}
+             duration_unit?: s|ms|min, rating?, extra?: [column | {column, type, ...}],
+             format?, header?, columns?, delimiter?, quote?, explode?}
     items:  {path?, item?, genres?, genres_sep?, kind?, release?,
-             release_unit?: s|ms|us|iso|year, extra?: [columns]}        (whole section optional)
+             release_unit?: s|ms|us|iso|year, extra?, format?, header?, ...}  (optional)
     intents: [names]                 (optional; default: every intent the columns allow)
     weight: duration|rating|none     (optional; default: duration, else rating, else none)
     name: my-logs                    (optional; default "logs")
 
-Relative paths resolve against the YAML file's folder. The file format follows the
-extension: ``.parquet``, ``.csv``, ``.jsonl``/``.ndjson``/``.json`` (JSON lines; a
-``.json`` file holding one JSON array also works). Without ``items.path`` the item
+A column is named by its header name, or, in a headerless CSV (``header: false``), by a
+name from ``columns`` or its 1-based position; a number in YAML (``user: 2``) is a name
+like any other. File options: ``format`` (parquet | csv | tsv | jsonl | json; default
+from the extension), CSV/TSV ``header``, ``columns``, ``delimiter``, ``quote`` (null: no
+quoting), and ``explode``: a list column (JSON lines, parquet) whose elements become the
+rows, the fields of a list of structs becoming columns (a session per line).
+An ``extra`` entry is a column name (text becomes categorical, numbers numeric, lists of
+labels multi-categorical) or
+``{column, type: categorical|multi|numeric, sep?, name?, input?}``: its type is declared
+whatever the dtype (integer category ids stay categories, never numbers), ``multi`` splits
+text by ``sep`` (or takes a list column), ``name`` renames it, ``input: false`` keeps it
+out of the model's inputs (an intent label only).
+
+Relative paths resolve against the YAML file's folder. Without ``items.path`` the item
 columns named under ``items`` are read from the events file (one value per item, else an
 error); without an ``items`` section the items table is just the distinct event items.
+:func:`source_key` says what the tables depend on (the mapping's text, the files' sizes
+and times), so ``prepare`` reads the files once per process, not once per run.
 
-Every problem is a one-line DataError naming the mapping file or data file, the key and
-the column: unknown keys (typos), missing files, empty files, folders, columns that do
-not exist (with the columns that do), unknown units, a unit the numbers evidently are
-not in, unparsable timestamps or numbers and missing ids (count, example, first line).
-Broken or misnamed files are caught while reading (``files.py``).
+The mapping file's keys and their checks are ``logs_mapping.py``; this module reads the
+data it describes. Every problem is a one-line DataError naming the mapping file or data
+file, the key and the column: unknown keys (typos), values of the wrong kind, missing files, empty files,
+folders, columns that do not exist (with the columns that do; a header line that looks
+like data suggests ``header: false``), unknown units or types, a unit the numbers
+evidently are not in, unparsable timestamps or numbers and missing ids (count, example,
+first line). Broken or misnamed files are caught while reading (``files.py``). Records
+left out (an empty list to explode) are counted in ``RawTables.dropped``.
 """
 
 from __future__ import annotations
 
 import logging
-from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-import yaml
 
 from intentrec.data.errors import DataError
 from intentrec.data.raw import RawTables
-from intentrec.data.recipes.files import locate, read_columns
+from intentrec.data.recipes.files import ReadTable, read_columns
+from intentrec.data.recipes.logs_mapping import (
+    DURATION_UNITS,
+    EVENT_CANONICAL,
+    EVENT_COLUMNS,
+    FILE_KEYS,
+    ITEM_CANONICAL,
+    ITEM_COLUMNS,
+    ExtraColumn,
+    check_extra_names,
+    extra_columns,
+    mapping_text,
+    parse_mapping,
+    resolve_file,
+    section_source,
+)
 from intentrec.data.splits import iso
 
 log = logging.getLogger(__name__)
 
-EVENT_KEYS = {
-    "path", "user", "item", "time", "time_unit", "action_type", "duration",
-    "duration_unit", "rating", "extra",
-}  # fmt: skip
-ITEM_KEYS = {
-    "path", "item", "genres", "genres_sep", "kind", "release", "release_unit", "extra",
-}  # fmt: skip
-TOP_KEYS = {"name", "events", "items", "intents", "weight"}
-TIME_UNITS = ("s", "ms", "us", "iso")
-RELEASE_UNITS = (*TIME_UNITS, "year")
-DURATION_UNITS = {"s": 1.0, "ms": 0.001, "min": 60.0}
-WEIGHTS = ("duration", "rating", "none")
 _DIVISOR = {"s": 1, "ms": 1_000, "us": 1_000_000}
 # Tried after polars' own format inference, for columns that mix formats.
 _ISO_FORMATS = (
@@ -63,18 +82,6 @@ _ISO_FORMATS = (
     "%Y-%m-%d %H:%M:%S%.f",
     "%Y-%m-%d",
 )
-# canonical column -> mapping key naming its source column
-_EVENT_COLUMNS = {
-    "user_id": "user",
-    "item_id": "item",
-    "timestamp": "time",
-    "action_type": "action_type",
-    "duration": "duration",
-    "rating": "rating",
-}
-_ITEM_COLUMNS = {"item_id": "item", "genres": "genres", "kind": "kind", "release_ts": "release"}
-EVENT_CANONICAL = (*_EVENT_COLUMNS, "planted_intent", "session_true")
-ITEM_CANONICAL = tuple(_ITEM_COLUMNS)
 # canonical column -> intent it enables (in display order)
 _INTENT_OF_COLUMN = {
     "action_type": "action_type",
@@ -88,55 +95,102 @@ _INTENT_OF_COLUMN = {
 def load_logs(mapping_yaml: str) -> RawTables:
     """Read the files a column-mapping YAML describes into the canonical tables."""
     mapping_path = Path(mapping_yaml)
-    mapping = _read_mapping(mapping_path)
+    mapping = parse_mapping(mapping_text(mapping_path), mapping_path)
+    return _load(mapping, mapping_path, _data_files(mapping, mapping_path))
+
+
+def source_key(mapping_yaml: str) -> tuple:
+    """What the tables of a mapping depend on: the mapping's text and the data files'
+    (path, size, modification time). Equal keys, equal tables: ``prepare`` uses it to
+    reuse a cache it prepared in this process without reading the files again."""
+    mapping_path = Path(mapping_yaml)
+    text = mapping_text(mapping_path)
+    files = _data_files(parse_mapping(text, mapping_path), mapping_path)
+    stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return (str(mapping_path.resolve()), text, tuple(stats))
+
+
+def _data_files(mapping: dict[str, Any], mapping_path: Path) -> list[Path]:
+    """The events file, then the items file if the mapping names one (checked to exist)."""
     here = mapping_path.parent
+    files = [resolve_file(here, mapping["events"]["path"], mapping_path, "events.path")]
+    if (mapping.get("items") or {}).get("path") is not None:
+        files.append(resolve_file(here, mapping["items"]["path"], mapping_path, "items.path"))
+    return files
+
+
+def _load(mapping: dict[str, Any], mapping_path: Path, files: list[Path]) -> RawTables:
     ev = mapping["events"]
     it = mapping.get("items")
 
     # canonical column -> (mapping key, source column)
     event_sources = {
         canonical: (f"events.{key}", ev[key])
-        for canonical, key in _EVENT_COLUMNS.items()
+        for canonical, key in EVENT_COLUMNS.items()
         if ev.get(key) is not None
     }
     item_sources = {
         canonical: (f"items.{key}", it[key])
-        for canonical, key in _ITEM_COLUMNS.items()
+        for canonical, key in ITEM_COLUMNS.items()
         if it is not None and it.get(key) is not None
     }
-    event_extra = _extra(ev, "events", mapping_path)
-    item_extra = _extra(it or {}, "items", mapping_path)
-    _check_extra_names(event_extra, EVENT_CANONICAL, "events", mapping_path)
-    _check_extra_names(item_extra, ITEM_CANONICAL, "items", mapping_path)
+    event_extra = extra_columns(ev, "events", mapping_path)
+    item_extra = extra_columns(it or {}, "items", mapping_path)
+    check_extra_names(event_extra, EVENT_CANONICAL, mapping_path)
+    check_extra_names(item_extra, ITEM_CANONICAL, mapping_path)
+    names = [e.name for e in event_extra + item_extra]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        raise DataError(
+            f"{mapping_path}: key 'extra': two extra columns are named {twice!r}; give one "
+            "another 'name'"
+        )
 
-    events_path = _resolve(here, ev["path"], mapping_path, "events.path")
-    items_path = None
-    if it is not None and it.get("path") is not None:
-        items_path = _resolve(here, it["path"], mapping_path, "items.path")
+    events_source = section_source(files[0], ev, "events", mapping_path)
+    items_source = None
+    if len(files) > 1:
+        items_source = section_source(files[1], it, "items", mapping_path)
     elif "item_id" in item_sources and item_sources["item_id"][1] != ev["item"]:
         raise DataError(
             f"{mapping_path}: key 'items.item' names a column of an items file, but "
             "'items.path' is not given (item metadata then comes from the events file)"
         )
+    elif it is not None and FILE_KEYS & set(it):
+        option = sorted(FILE_KEYS & set(it))[0]
+        raise DataError(
+            f"{mapping_path}: key 'items.{option}' describes an items file, but 'items.path' "
+            "is not given (item columns then come from the events file: set 'events.{option}')"
+        )
 
     # Without an items file, item metadata columns are read from the events file.
-    item_from_events = items_path is None and it is not None
-    wanted = list(event_sources.values()) + [("events.extra", c) for c in event_extra]
+    item_from_events = items_source is None and it is not None
+    wanted = list(event_sources.values()) + [(e.key, e.column) for e in event_extra]
     if item_from_events:
         wanted += [v for k, v in item_sources.items() if k != "item_id"]
-        wanted += [("items.extra", c) for c in item_extra]
-    event_frame = read_columns(events_path, wanted, text_columns=[ev["user"], ev["item"]])
-    events = _events_table(event_frame, event_sources, ev, event_extra, events_path)
+        wanted += [(e.key, e.column) for e in item_extra]
+    event_table = read_columns(events_source, wanted, text_columns=[ev["user"], ev["item"]])
+    events = _events_table(event_table, event_sources, ev, event_extra)
+    dropped: dict[str, int] = {}
+    if event_table.empty_lists:
+        dropped[f"empty_{ev['explode']}_lists"] = event_table.empty_lists
+        log.info(
+            "%s: left out %d records whose %r list is empty (events.explode)",
+            events_source.path,
+            event_table.empty_lists,
+            ev["explode"],
+        )
 
-    if items_path is not None:
+    if items_source is not None:
         item_sources.setdefault("item_id", ("items.item", ev["item"]))
-        wanted = list(item_sources.values()) + [("items.extra", c) for c in item_extra]
-        item_frame = read_columns(items_path, wanted, text_columns=[item_sources["item_id"][1]])
-        items = _items_table(item_frame, item_sources, it, item_extra, items_path)
+        wanted = list(item_sources.values()) + [(e.key, e.column) for e in item_extra]
+        item_table = read_columns(items_source, wanted, text_columns=[item_sources["item_id"][1]])
+        if item_table.empty_lists:
+            dropped[f"empty_{it['explode']}_lists_of_items"] = item_table.empty_lists
+        items = _items_table(item_table, item_sources, it, item_extra)
     elif item_from_events and (len(item_sources) > ("item_id" in item_sources) or item_extra):
         item_sources["item_id"] = ("events.item", ev["item"])
-        table = _items_table(event_frame, item_sources, it, item_extra, events_path)
-        items = _one_row_per_item(table, events_path)
+        table = _items_table(event_table, item_sources, it, item_extra)
+        items = _one_row_per_item(table, events_source.path)
     else:
         items = events.select("item_id").unique(maintain_order=True)
 
@@ -151,7 +205,10 @@ def load_logs(mapping_yaml: str) -> RawTables:
         raise DataError(
             f"{mapping_path}: key 'weight': {weight!r} needs 'events.{weight}' to be mapped"
         )
-    source = f"{mapping_path} (events: {events_path}; items: {items_path or 'from the events'})"
+    items_path = items_source.path if items_source is not None else None
+    source = (
+        f"{mapping_path} (events: {events_source.path}; items: {items_path or 'from the events'})"
+    )
     log.info("%s: %d events, %d items", source, events.height, items.height)
     return RawTables(
         name=str(mapping.get("name") or "logs"),
@@ -160,160 +217,138 @@ def load_logs(mapping_yaml: str) -> RawTables:
         intents=list(intents),
         weight_column=None if weight == "none" else weight,
         source=source,
+        label_only_columns=[e.name for e in event_extra + item_extra if not e.input],
+        dropped=dropped,
     )
-
-
-# ---------------------------------------------------------------------------------------
-# The mapping file
-# ---------------------------------------------------------------------------------------
-def _read_mapping(path: Path) -> dict[str, Any]:
-    if path.is_dir():
-        raise DataError(
-            f"{path}: is a directory; config key 'data.path' must be the column-mapping YAML file"
-        )
-    if not path.is_file():
-        raise DataError(f"{path}: column-mapping file not found (config key 'data.path')")
-    try:
-        mapping = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise DataError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(mapping, dict):
-        raise DataError(f"{path}: expected a mapping with an 'events' section")
-    _check_keys(mapping, TOP_KEYS, "", path)
-    events = mapping.get("events")
-    if not isinstance(events, dict):
-        raise DataError(f"{path}: key 'events' is required and must be a mapping")
-    _check_keys(events, EVENT_KEYS, "events.", path)
-    for key in ("path", "user", "item", "time"):
-        if not isinstance(events.get(key), str) or not events[key]:
-            raise DataError(f"{path}: key 'events.{key}' is required (a file/column name)")
-    items = mapping.get("items")
-    if items is not None:
-        if not isinstance(items, dict):
-            raise DataError(f"{path}: key 'items' must be a mapping")
-        _check_keys(items, ITEM_KEYS, "items.", path)
-    _check_choice(events.get("time_unit", "s"), TIME_UNITS, "events.time_unit", path)
-    _check_choice(events.get("duration_unit", "s"), DURATION_UNITS, "events.duration_unit", path)
-    if items is not None:
-        _check_choice(items.get("release_unit", "s"), RELEASE_UNITS, "items.release_unit", path)
-    if mapping.get("weight") is not None:
-        _check_choice(mapping["weight"], WEIGHTS, "weight", path)
-    intents = mapping.get("intents")
-    if intents is not None and (
-        not isinstance(intents, list) or not all(isinstance(i, str) for i in intents)
-    ):
-        raise DataError(f"{path}: key 'intents' must be a list of names")
-    for section, keys in (("events", EVENT_KEYS), ("items", ITEM_KEYS)):
-        for key in keys - {"extra"}:
-            value = (mapping.get(section) or {}).get(key)
-            if value is not None and not isinstance(value, str):
-                raise DataError(f"{path}: key '{section}.{key}' must be a string, got {value!r}")
-    return mapping
-
-
-def _check_keys(section: dict, allowed: set[str], prefix: str, path: Path) -> None:
-    for key in section:
-        if key not in allowed:
-            hint = get_close_matches(str(key), allowed, n=1)
-            suggestion = f"; did you mean '{prefix}{hint[0]}'?" if hint else ""
-            raise DataError(
-                f"{path}: unknown key '{prefix}{key}' (allowed: {sorted(allowed)}){suggestion}"
-            )
-
-
-def _check_choice(value: Any, choices: Any, key: str, path: Path) -> None:
-    if value not in choices:
-        raise DataError(f"{path}: key '{key}': {value!r} is not one of {list(choices)}")
-
-
-def _resolve(folder: Path, relative: str, mapping_path: Path, key: str) -> Path:
-    path = Path(relative).expanduser()
-    path = path if path.is_absolute() else folder / path
-    if path.is_dir():
-        raise DataError(
-            f"{path}: is a directory, not a data file (mapping {mapping_path}, key '{key}')"
-        )
-    if not path.is_file():
-        raise DataError(f"{path}: file not found (mapping {mapping_path}, key '{key}')")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: file is empty (mapping {mapping_path}, key '{key}')")
-    return path
-
-
-def _extra(section: dict, name: str, path: Path) -> list[str]:
-    extra = section.get("extra") or []
-    if not isinstance(extra, list) or not all(isinstance(c, str) for c in extra):
-        raise DataError(f"{path}: key '{name}.extra' must be a list of column names")
-    return list(extra)
-
-
-def _check_extra_names(extra: list[str], reserved: tuple[str, ...], table: str, path: Path) -> None:
-    for column in extra:
-        if column in reserved:
-            raise DataError(
-                f"{path}: key '{table}.extra': column {column!r} has a canonical column's "
-                f"name; map it with its own key (or rename it in the source file)"
-            )
 
 
 # ---------------------------------------------------------------------------------------
 # Column conversions
 # ---------------------------------------------------------------------------------------
 def _events_table(
-    frame: pl.DataFrame,
+    table: ReadTable,
     sources: dict[str, tuple[str, str]],
     section: dict[str, Any],
-    extra: list[str],
-    path: Path,
+    extra: list[ExtraColumn],
 ) -> pl.DataFrame:
     column = {canonical: name for canonical, (_, name) in sources.items()}
     unit = section.get("time_unit", "s")
     for canonical in ("user_id", "item_id"):
-        _check_ids(frame, column[canonical], sources[canonical][0], path)
-    time = _epoch_seconds(frame, column["timestamp"], unit, path, unit_key="events.time_unit")
+        _check_ids(table, column[canonical], sources[canonical][0])
+    time = _epoch_seconds(table, column["timestamp"], unit, unit_key="events.time_unit")
     columns = [
         pl.col(column["user_id"]).alias("user_id"),
         pl.col(column["item_id"]).alias("item_id"),
         time.alias("timestamp"),
     ]
     if "action_type" in column:
-        columns.append(pl.col(column["action_type"]).cast(pl.Utf8).alias("action_type"))
+        columns.append(_category(table, column["action_type"]).alias("action_type"))
     if "duration" in column:
         scale = DURATION_UNITS[section.get("duration_unit", "s")]
-        columns.append((_number(frame, column["duration"], path) * scale).alias("duration"))
+        columns.append((_number(table, column["duration"]) * scale).alias("duration"))
     if "rating" in column:
-        columns.append(_number(frame, column["rating"], path).alias("rating"))
-    return frame.select(*columns, *(pl.col(c) for c in extra))
+        columns.append(_number(table, column["rating"]).alias("rating"))
+    return table.frame.select(*columns, *(_extra_column(table, e) for e in extra))
 
 
 def _items_table(
-    frame: pl.DataFrame,
+    table: ReadTable,
     sources: dict[str, tuple[str, str]],
     section: dict[str, Any],
-    extra: list[str],
-    path: Path,
+    extra: list[ExtraColumn],
 ) -> pl.DataFrame:
     column = {canonical: name for canonical, (_, name) in sources.items()}
-    _check_ids(frame, column["item_id"], sources["item_id"][0], path)
+    _check_ids(table, column["item_id"], sources["item_id"][0])
     columns = [pl.col(column["item_id"]).alias("item_id")]
     if "genres" in column:
-        columns.append(_genres(frame, column["genres"], section.get("genres_sep"), path))
+        columns.append(_genres(table, column["genres"], section.get("genres_sep")))
     if "kind" in column:
-        columns.append(pl.col(column["kind"]).cast(pl.Utf8).alias("kind"))
+        columns.append(_category(table, column["kind"]).alias("kind"))
     if "release_ts" in column:
         unit = section.get("release_unit", "s")
         release = _epoch_seconds(
-            frame, column["release_ts"], unit, path, nullable=True, unit_key="items.release_unit"
+            table, column["release_ts"], unit, nullable=True, unit_key="items.release_unit"
         )
         columns.append(release.alias("release_ts"))
-    return frame.select(*columns, *(pl.col(c) for c in extra))
+    return table.frame.select(*columns, *(_extra_column(table, e) for e in extra))
+
+
+def _extra_column(table: ReadTable, entry: ExtraColumn) -> pl.Expr:
+    """An extra column as its declared type (undeclared: as read, the dtype decides)."""
+    if entry.type == "categorical":
+        expr = _category(table, entry.column, entry.key)
+    elif entry.type == "numeric":
+        expr = _number(table, entry.column, entry.key)
+    elif entry.type == "multi" or _is_label_list(table.frame.schema[entry.column]):
+        expr = _labels(table, entry.column, entry.sep, entry.key)  # a list column: labels
+    else:
+        if table.frame.schema[entry.column].is_integer():
+            # Integers may be ids (a category) or amounts: the dtype cannot tell, so say
+            # which one this becomes and how to declare the other.
+            log.warning(
+                "%s: column %r (mapping key '%s') holds integers: a numeric feature; if they "
+                "are category ids, declare {column: %s, type: categorical}",
+                table.path,
+                entry.column,
+                entry.key,
+                entry.column,
+            )
+        expr = pl.col(entry.column)
+    return expr.alias(entry.name)
+
+
+def _is_label_list(dtype: pl.DataType) -> bool:
+    return isinstance(dtype, pl.List) and not isinstance(dtype.inner, pl.List | pl.Struct)
+
+
+def _category(table: ReadTable, column: str, key: str | None = None) -> pl.Expr:
+    """Category labels as text: integer ids become their digits (never numbers), integral
+    floats (integers read with gaps) too; booleans "true"/"false"."""
+    dtype = table.frame.schema[column]
+    source = pl.col(column)
+    if dtype.is_float():
+        integral = table.frame.select((source.drop_nulls() == source.drop_nulls().floor()).all())
+        if integral.item():
+            return source.cast(pl.Int64).cast(pl.Utf8)
+    if isinstance(dtype, pl.List | pl.Struct | pl.Array):
+        raise DataError(
+            f"{table.path}: column {column!r}"
+            + (f" (mapping key '{key}')" if key else "")
+            + f" holds {dtype}, not one category per row"
+            + (f"; declare '{key}.type: multi' for several" if key else "")
+        )
+    return source.cast(pl.Utf8)
+
+
+def _labels(table: ReadTable, column: str, separator: str | None, key: str) -> pl.Expr:
+    """Several category labels per row (List[Utf8]): a list column, or text split by
+    ``separator``; blanks dropped, a null row is an empty list."""
+    dtype = table.frame.schema[column]
+    source = pl.col(column)
+    if _is_label_list(dtype):
+        labels = source.cast(pl.List(pl.Utf8))
+    elif dtype == pl.Utf8 or isinstance(dtype, pl.Categorical | pl.Enum):
+        if separator is None:
+            raise DataError(
+                f"{table.path}: column {column!r} (mapping key '{key}') is text: 'type: multi' "
+                f"needs '{key}.sep' to split it (or declare 'type: categorical')"
+            )
+        labels = source.cast(pl.Utf8).str.split(separator)
+    else:
+        raise DataError(
+            f"{table.path}: column {column!r} (mapping key '{key}') holds {dtype}: 'type: "
+            "multi' needs text split by 'sep' or a list column (one label per row: "
+            "'type: categorical')"
+        )
+    label = pl.element().str.strip_chars()
+    empty = pl.lit([], dtype=pl.List(pl.Utf8))
+    return labels.list.eval(label.filter(label.is_not_null() & (label != ""))).fill_null(empty)
 
 
 def _epoch_seconds(
-    frame: pl.DataFrame,
+    table: ReadTable,
     column: str,
     unit: str,
-    path: Path,
     nullable: bool = False,
     unit_key: str = "events.time_unit",
 ) -> pl.Expr:
@@ -323,6 +358,7 @@ def _epoch_seconds(
     missing values unless ``nullable``, and numbers whose unit is evidently not ``unit``
     (see :func:`_check_unit`; ``unit_key`` is the mapping key to fix).
     """
+    frame, path = table.frame, table.path
     dtype = frame.schema[column]
     source = pl.col(column)
     numbers = None  # the raw numbers, when the column holds numbers in ``unit``
@@ -356,13 +392,13 @@ def _epoch_seconds(
         row = int(failed.arg_true()[0])
         raise DataError(
             f"{path}: column {column!r}: {failed.sum()} timestamps cannot be parsed as "
-            f"'{unit}' (e.g. {frame[column][row]!r}); the first on {locate(path, row)}"
+            f"'{unit}' (e.g. {frame[column][row]!r}); the first on {table.where(row)}"
         )
     if not nullable and not result["_given"].all():
         row = int((~result["_given"]).arg_true()[0])
         raise DataError(
             f"{path}: column {column!r}: {(~result['_given']).sum()} timestamps are missing "
-            f"(the first on {locate(path, row)})"
+            f"(the first on {table.where(row)})"
         )
     if numbers is not None:
         raw = frame.select(numbers.median()).item()
@@ -418,26 +454,29 @@ def _parse_iso(source: pl.Expr) -> pl.Expr:
     return pl.coalesce([attempt.dt.epoch("s") for attempt in attempts])
 
 
-def _number(frame: pl.DataFrame, column: str, path: Path) -> pl.Expr:
+def _number(table: ReadTable, column: str, key: str | None = None) -> pl.Expr:
+    frame, path = table.frame, table.path
     dtype = frame.schema[column]
     source = pl.col(column)
+    named = f" (mapping key '{key}')" if key else ""
     if dtype.is_numeric():
         return source.cast(pl.Float64)
     if dtype != pl.Utf8:
-        raise DataError(f"{path}: column {column!r} has dtype {dtype}; expected numbers")
+        raise DataError(f"{path}: column {column!r}{named} has dtype {dtype}; expected numbers")
     parsed = source.str.strip_chars().cast(pl.Float64, strict=False)
     failed = frame.select(source.is_not_null() & parsed.is_null()).to_series()
     if failed.any():
         row = int(failed.arg_true()[0])
         raise DataError(
-            f"{path}: column {column!r}: {failed.sum()} values are not numbers "
-            f"(e.g. {frame[column][row]!r}); the first on {locate(path, row)}"
+            f"{path}: column {column!r}{named}: {failed.sum()} values are not numbers "
+            f"(e.g. {frame[column][row]!r}); the first on {table.where(row)}"
         )
     return parsed
 
 
-def _check_ids(frame: pl.DataFrame, column: str, key: str, path: Path) -> None:
+def _check_ids(table: ReadTable, column: str, key: str) -> None:
     """Ids must be given: a null or blank id names the count and the first line."""
+    frame = table.frame
     values = frame[column]
     missing = values.is_null()
     if values.dtype == pl.Utf8:
@@ -445,13 +484,15 @@ def _check_ids(frame: pl.DataFrame, column: str, key: str, path: Path) -> None:
     if missing.any():
         row = int(missing.arg_true()[0])
         raise DataError(
-            f"{path}: column {column!r} (mapping key '{key}'): {missing.sum()} ids are "
-            f"missing or empty (of {frame.height} rows; the first on {locate(path, row)})"
+            f"{table.path}: column {column!r} (mapping key '{key}'): {missing.sum()} ids are "
+            f"missing or empty (of {frame.height} rows; the first on {table.where(row)})"
         )
 
 
-def _genres(frame: pl.DataFrame, column: str, separator: str | None, path: Path) -> pl.Expr:
-    dtype = frame.schema[column]
+def _genres(table: ReadTable, column: str, separator: str | None) -> pl.Expr:
+    """List[Utf8] genres: a list column, text (split by ``separator``, else one genre per
+    value) or category ids (integers: one genre each, as text)."""
+    dtype = table.frame.schema[column]
     source = pl.col(column)
     if isinstance(dtype, pl.List):
         genres = source.cast(pl.List(pl.Utf8))
@@ -459,9 +500,12 @@ def _genres(frame: pl.DataFrame, column: str, separator: str | None, path: Path)
         text = source.cast(pl.Utf8).fill_null("")
         # Without a separator every value is one genre.
         genres = text.str.split(separator) if separator else pl.concat_list(text)
+    elif dtype.is_integer() or dtype.is_float():
+        genres = pl.concat_list(_category(table, column).fill_null(""))
     else:
         raise DataError(
-            f"{path}: column {column!r} has dtype {dtype}; genres must be text or a list"
+            f"{table.path}: column {column!r} (mapping key 'items.genres') has dtype {dtype}; "
+            "genres must be text, category ids or a list"
         )
     genre = pl.element().str.strip_chars()
     return genres.list.eval(genre.filter(genre.is_not_null() & (genre != ""))).alias("genres")
