@@ -80,6 +80,23 @@ the item loss flow into the intent predictor through ``Z_k`` (end-to-end hierarc
 training), and with ``unit_norm_blocks`` (on by default; checkpoints saved before the key
 existed keep raw blocks, see ``config.CHECKPOINT_COMPAT``) ``S_k`` and ``Z_k`` are brought to unit norm
 before they are concatenated with ``F_k`` (see ``_block``).
+
+SASRec's choices, one factor at a time (defaults are the choices above; with SASRec's
+inputs, ``exclude_features: ["*"]`` and ``time_features: inputs``, all of them together
+make V0 compute exactly SASRec given the same weights, tests/models/test_sasrec_choices.py;
+experiments/v0_vs_sasrec_ml100k.yaml measures each):
+
+* ``block=sasrec``: :class:`~intentrec.models.blocks.SASRecBlock` in every transformer
+  (residual from the normalised queries, keys from the raw input, no attention output
+  projection, d-wide ReLU FFN, LayerNorm eps 1e-8, padding zeroed after each block);
+* ``attn_output_dropout=false``: no dropout on the attention output before its residual;
+* ``input_projection=scaled``: the transformer's input is the item embedding times
+  sqrt(d_model) (no Linear + LayerNorm), padding zeroed after the input dropout; only
+  where that input is d_model wide (V0 / V1 with F_k = the item embedding);
+* ``init=xavier``: xavier-uniform of every matrix and embedding (SASRec's
+  :func:`~intentrec.models.blocks.xavier_init`);
+* ``output_projection=false`` / ``item_bias=false`` (tied output): ``E^item`` is scored by
+  the item table directly, without the per-item bias.
 """
 
 from __future__ import annotations
