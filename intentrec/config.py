@@ -125,6 +125,26 @@ class ModelConfig:
         default_factory=list
     )  # input features left out of F_k (feature ablations); ["*"] = all of them
     tie_item_embeddings: bool = True  # score with the input item embeddings (else a separate FC)
+    # --- IntentRec's transformers: SASRec's choice one factor at a time (defaults = ours) ---
+    # (experiments/v0_vs_sasrec_ml100k.yaml measures each; see the IntentRec docstring)
+    # Block of every IntentRec transformer: gpt (pre-LN, 4x GELU FFN, attention output
+    # projection) | sasrec (SASRec's: residual from the normalised queries, keys from the raw
+    # input, no output projection, d-wide ReLU FFN, LayerNorm eps 1e-8, padding zeroed).
+    block: str = "gpt"
+    # Dropout on the attention output before its residual (GPT-2 has it; SASRec does not).
+    attn_output_dropout: bool = True
+    # Each transformer's input: linear_norm (Linear + LayerNorm of its input, F_k for V0) |
+    # scaled (SASRec's item embedding x sqrt(d_model), padding zeroed; needs an input of
+    # width d_model: F_k = the item embedding alone, no S_k or Z_k, i.e. V0/V1 with
+    # exclude_features ["*"]). The recency position is added in both.
+    input_projection: str = "linear_norm"
+    # normal (Linears normal(0, 0.02), embeddings normal(0, 1/sqrt(dim))) | xavier (SASRec's
+    # xavier-uniform of every matrix and embedding).
+    init: str = "normal"
+    # Tied output only: a Linear d_model -> item-embedding size before scoring (else the
+    # last hidden state is scored directly, as SASRec), and a learned per-item score bias.
+    output_projection: bool = True
+    item_bias: bool = True
     # --- SASRec ---
     sasrec_loss: str = "ce"  # ce (full softmax) | bce (original: one sampled negative)
     # --- GRU4Rec (official implementation's options) ---
@@ -243,6 +263,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "loss.multi_label_reduction": ("sum", "mean"),
     "loss.weighting": ("fixed", "uncertainty"),
     "model.time_features": ("both", "inputs", "encoding"),
+    "model.block": ("gpt", "sasrec"),
+    "model.input_projection": ("linear_norm", "scaled"),
+    "model.init": ("normal", "xavier"),
     "optim.name": ("adamw", "adam", "adagrad"),
     "optim.schedule": ("cosine", "constant"),
     "logging.wandb_mode": ("offline", "online", "disabled"),

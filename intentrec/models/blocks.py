@@ -1,5 +1,5 @@
 """Building blocks shared by the models: attention masks, dropout, attention, FFN, transformer
-stacks, the timestamp encoding and a FLOP counter.
+blocks (GPT-2 style and SASRec's) and stacks, and the timestamp encoding.
 
 Masks: :func:`attention_mask` builds a boolean ``allowed`` mask ``[batch, L_q, L_k]`` (True =
 the query may attend to the key) and always allows the diagonal, so a padded query (whose keys
@@ -184,6 +184,30 @@ class MultiHeadAttention(nn.Module):
         return self.out(y)  # [B, L, d]
 
 
+def xavier_init(model: nn.Module) -> None:
+    """SASRec's initialisation (the TF code's default glorot) of every module of ``model``.
+
+    Xavier-uniform weights and zero biases for every ``nn.Linear``, xavier-uniform for every
+    ``nn.Embedding`` (padding row zeroed), then each fused attention projection again one
+    d x d matrix at a time: one xavier over a fused [2d, d] or [3d, d] weight would use the
+    wrong fan. The order of the draws is SASRec's own, so its runs keep their numbers.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.xavier_uniform_(module.weight)
+    for module in model.modules():
+        if isinstance(module, MultiHeadAttention):
+            fused = module.kv if module.separate_queries else module.qkv
+            for weight in fused.weight.chunk(fused.out_features // module.d_model, dim=0):
+                nn.init.xavier_uniform_(weight)  # [d, d] each
+    for module in model.modules():
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            module.weight.data[module.padding_idx].zero_()
+
+
 class PointwiseFeedForward(nn.Module):
     """Position-wise two-layer MLP: Linear -> act -> dropout -> Linear -> dropout (no residual)."""
 
@@ -200,15 +224,21 @@ class PointwiseFeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-LN transformer block (GPT-2 style): x + Attn(LN x), then x + FFN(LN x), FFN 4x GELU."""
+    """Pre-LN transformer block (GPT-2 style): x + Attn(LN x), then x + FFN(LN x), FFN 4x GELU.
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
+    ``attn_output_dropout=False`` drops the dropout on the attention output before its
+    residual (GPT-2 has it, SASRec does not; ``model.attn_output_dropout``).
+    """
+
+    def __init__(
+        self, d_model: int, n_heads: int, dropout: float, attn_output_dropout: bool = True
+    ):
         super().__init__()
         self.ln_attn = nn.LayerNorm(d_model)
         self.attn = MultiHeadAttention(d_model, n_heads, dropout)
         self.ln_ffn = nn.LayerNorm(d_model)
         self.ffn = PointwiseFeedForward(d_model, 4 * d_model, dropout, activation="gelu")
-        self.dropout = Dropout(dropout)
+        self.dropout = Dropout(dropout if attn_output_dropout else 0.0)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x: [B, L, d]; mask: additive [B, 1, L, L] -> [B, L, d]."""
@@ -216,20 +246,84 @@ class TransformerBlock(nn.Module):
         return x + self.ffn(self.ln_ffn(x))  # [B, L, d]
 
 
-class TransformerEncoder(nn.Module):
-    """A stack of pre-LN blocks followed by a final LayerNorm."""
+SASREC_LN_EPS = 1e-8  # the original SASRec's `normalize(epsilon=1e-8)`
 
-    def __init__(self, d_model: int, n_layers: int, n_heads: int, dropout: float):
+
+class SASRecBlock(nn.Module):
+    """One block of the original SASRec (Kang & McAuley 2018, the authors' TF code).
+
+    ``q = LN(x); x = q + Attn(query=q, keys=x)`` (the residual comes from the *normalised*
+    queries; keys and values from the raw x; Q/K/V projections, no output projection), then
+    ``h = LN(x); x = h + FFN(h)`` with a d-wide ReLU FFN (dropout after each layer), and
+    ``x *= mask`` (padding zeroed). LayerNorm eps 1e-8. ``attn_output_dropout=True`` adds a
+    dropout on the attention output before its residual, which the original does not have
+    (IntentRec's ``model.attn_output_dropout`` default, so that ``model.block`` changes the
+    block alone).
+    """
+
+    def __init__(
+        self, d_model: int, n_heads: int, dropout: float, attn_output_dropout: bool = False
+    ):
         super().__init__()
-        self.blocks = nn.ModuleList(
-            TransformerBlock(d_model, n_heads, dropout) for _ in range(n_layers)
+        self.ln_attn = nn.LayerNorm(d_model, eps=SASREC_LN_EPS)
+        self.attn = MultiHeadAttention(
+            d_model, n_heads, dropout, out_proj=False, separate_queries=True
         )
-        self.ln_final = nn.LayerNorm(d_model)
+        self.ln_ffn = nn.LayerNorm(d_model, eps=SASREC_LN_EPS)
+        self.ffn = PointwiseFeedForward(d_model, d_model, dropout, activation="relu")
+        self.dropout = Dropout(dropout if attn_output_dropout else 0.0)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """x: [B, L, d]; mask: additive [B, 1, L, L], shared by every block -> [B, L, d]."""
+    def forward(self, x: Tensor, attn_mask: Tensor, mask: Tensor) -> Tensor:
+        """x: [B, L, d]; attn_mask: additive [B, 1, L, L]; mask: Float [B, L, 1] -> [B, L, d]."""
+        q = self.ln_attn(x)  # [B, L, d]
+        x = q + self.dropout(self.attn(q, attn_mask, keys=x))  # [B, L, d]
+        h = self.ln_ffn(x)  # [B, L, d]
+        x = h + self.ffn(h)  # [B, L, d]
+        return x * mask  # [B, L, d]
+
+
+BLOCKS = ("gpt", "sasrec")  # TransformerEncoder's block kinds (model.block)
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of blocks followed by a final LayerNorm.
+
+    ``block="gpt"``: :class:`TransformerBlock` (IntentRec's default); ``"sasrec"``:
+    :class:`SASRecBlock`, with the final LayerNorm's eps 1e-8 as in SASRec.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_layers: int,
+        n_heads: int,
+        dropout: float,
+        block: str = "gpt",
+        attn_output_dropout: bool = True,
+    ):
+        super().__init__()
+        if block not in BLOCKS:
+            raise ConfigError(f"config key 'model.block': {block!r} is not one of {list(BLOCKS)}")
+        self.block = block
+        kind = TransformerBlock if block == "gpt" else SASRecBlock
+        self.blocks = nn.ModuleList(
+            kind(d_model, n_heads, dropout, attn_output_dropout=attn_output_dropout)
+            for _ in range(n_layers)
+        )
+        self.ln_final = nn.LayerNorm(d_model, eps=1e-5 if block == "gpt" else SASREC_LN_EPS)
+
+    def forward(self, x: Tensor, mask: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """x: [B, L, d]; mask: additive [B, 1, L, L], shared by every block; padding_mask:
+        Bool [B, L] (``sasrec`` blocks only, which zero padded positions) -> [B, L, d]."""
+        if self.block == "gpt":
+            for block in self.blocks:
+                x = block(x, mask)  # [B, L, d]
+            return self.ln_final(x)  # [B, L, d]
+        if padding_mask is None:
+            raise ValueError("TransformerEncoder(block='sasrec') needs padding_mask")
+        real = padding_mask.unsqueeze(-1).to(x.dtype)  # [B, L, 1]
         for block in self.blocks:
-            x = block(x, mask)  # [B, L, d]
+            x = block(x, mask, real)  # [B, L, d]
         return self.ln_final(x)  # [B, L, d]
 
 

@@ -80,6 +80,23 @@ the item loss flow into the intent predictor through ``Z_k`` (end-to-end hierarc
 training), and with ``unit_norm_blocks`` (on by default; checkpoints saved before the key
 existed keep raw blocks, see ``config.CHECKPOINT_COMPAT``) ``S_k`` and ``Z_k`` are brought to unit norm
 before they are concatenated with ``F_k`` (see ``_block``).
+
+SASRec's choices, one factor at a time (defaults are the choices above; with SASRec's
+inputs, ``exclude_features: ["*"]`` and ``time_features: inputs``, all of them together
+make V0 compute exactly SASRec given the same weights, tests/models/test_sasrec_choices.py;
+experiments/v0_vs_sasrec_ml100k.yaml measures each):
+
+* ``block=sasrec``: :class:`~intentrec.models.blocks.SASRecBlock` in every transformer
+  (residual from the normalised queries, keys from the raw input, no attention output
+  projection, d-wide ReLU FFN, LayerNorm eps 1e-8, padding zeroed after each block);
+* ``attn_output_dropout=false``: no dropout on the attention output before its residual;
+* ``input_projection=scaled``: the transformer's input is the item embedding times
+  sqrt(d_model) (no Linear + LayerNorm), padding zeroed after the input dropout; only
+  where that input is d_model wide (V0 / V1 with F_k = the item embedding);
+* ``init=xavier``: xavier-uniform of every matrix and embedding (SASRec's
+  :func:`~intentrec.models.blocks.xavier_init`);
+* ``output_projection=false`` / ``item_bias=false`` (tied output): ``E^item`` is scored by
+  the item table directly, without the per-item bias.
 """
 
 from __future__ import annotations
@@ -99,6 +116,7 @@ from intentrec.models.blocks import (
     TransformerEncoder,
     additive_mask,
     attention_mask,
+    xavier_init,
 )
 from intentrec.models.features import TIME_FEATURES, FeatureEmbedding
 from intentrec.models.item_loss import ItemLoss
@@ -122,23 +140,49 @@ def select_intent_heads(intent_heads: list[str] | None, schema: DataSchema) -> l
 
 
 class SequenceEncoder(nn.Module):
-    """Linear + LayerNorm input projection, plus timestamp encoding, dropout, causal transformer."""
+    """Input projection, plus timestamp encoding, dropout, causal transformer.
+
+    ``model.input_projection``: ``linear_norm`` (default) projects the input with Linear +
+    LayerNorm; ``scaled`` is SASRec's input, the item embedding times sqrt(d_model) with
+    padded positions zeroed after the dropout (only where the input is d_model wide).
+    ``model.block`` / ``model.attn_output_dropout`` choose the transformer's blocks.
+    """
 
     def __init__(self, d_in: int, cfg: ModelConfig, n_layers: int, max_len: int):
         super().__init__()
-        self.proj = nn.Linear(d_in, cfg.d_model)
-        self.ln_in = nn.LayerNorm(cfg.d_model)
+        self.scaled_input = cfg.input_projection == "scaled"
+        if self.scaled_input and d_in != cfg.d_model:
+            raise ConfigError(
+                f"config key 'model.input_projection': 'scaled' needs a transformer input of "
+                f"width model.d_model={cfg.d_model}, got {d_in}: F_k must be the item "
+                f"embedding alone (model.exclude_features: ['*']) with no S_k or Z_k (V0, V1)"
+            )
+        self.proj: nn.Linear | None = None if self.scaled_input else nn.Linear(d_in, cfg.d_model)
+        self.ln_in: nn.LayerNorm | None = None if self.scaled_input else nn.LayerNorm(cfg.d_model)
+        self.input_scale = cfg.d_model**0.5
         self.time = TimeEncoding(cfg.d_model, max_len, calendar=cfg.time_features != "inputs")
         self.dropout = Dropout(cfg.dropout)
-        self.transformer = TransformerEncoder(cfg.d_model, n_layers, cfg.n_heads, cfg.dropout)
+        self.transformer = TransformerEncoder(
+            cfg.d_model,
+            n_layers,
+            cfg.n_heads,
+            cfg.dropout,
+            block=cfg.block,
+            attn_output_dropout=bool(cfg.attn_output_dropout),
+        )
         self.n_layers = n_layers
 
     def forward(
         self, x: Tensor, timestamps: Tensor, padding_mask: Tensor, attn_mask: Tensor
     ) -> Tensor:
         """x: [B, L, d_in]; attn_mask: additive [B, 1, L, L] -> [B, L, d_model]."""
-        h = self.ln_in(self.proj(x)) + self.time(timestamps, padding_mask)  # [B, L, d]
-        return self.transformer(self.dropout(h), attn_mask)  # [B, L, d]
+        time = self.time(timestamps, padding_mask)  # [B or 1, L, d]
+        if self.proj is None or self.ln_in is None:  # scaled: SASRec's embedding
+            h = self.dropout(x * self.input_scale + time)  # [B, L, d]
+            h = h * padding_mask.unsqueeze(-1).to(h.dtype)  # [B, L, d]
+        else:
+            h = self.dropout(self.ln_in(self.proj(x)) + time)  # [B, L, d]
+        return self.transformer(h, attn_mask, padding_mask)  # [B, L, d]
 
 
 class IntentEmbedding(nn.Module):
@@ -211,6 +255,11 @@ class IntentRec(nn.Module):
         self.hierarchical: bool = bool(cfg.hierarchical) and bool(heads)
         self.short_term_window_s: int | None = cfg.short_term_window_s if cfg.short_term else None
         self.tie_item_embeddings: bool = cfg.tie_item_embeddings
+        if cfg.init not in ("normal", "xavier"):
+            raise ConfigError(
+                f"config key 'model.init': {cfg.init!r} is not one of ['normal', 'xavier']"
+            )
+        self.init: str = cfg.init
         self.unit_norm_blocks: bool = bool(cfg.unit_norm_blocks)
         self.detach_intent_inputs: bool = bool(cfg.detach_intent_inputs)
         if self.detach_intent_inputs and not self.hierarchical:
@@ -254,10 +303,21 @@ class IntentRec(nn.Module):
         self.intent_heads = nn.ModuleDict(
             {spec.name: nn.Linear(cfg.d_model, spec.num_classes) for spec in heads}
         )
+        if not self.tie_item_embeddings and not (cfg.output_projection and cfg.item_bias):
+            key = "output_projection" if not cfg.output_projection else "item_bias"
+            raise ConfigError(
+                f"config key 'model.{key}': false needs the tied output "
+                f"(model.tie_item_embeddings: true); the untied item head is one Linear"
+            )
         if self.tie_item_embeddings:
             d_item = self.features.item_embedding.embedding_dim
-            self.output_proj: nn.Linear | None = nn.Linear(cfg.d_model, d_item)
-            self.item_bias: nn.Parameter | None = nn.Parameter(torch.zeros(schema.num_items))
+            # Off: E^item is scored as it is (SASRec); d_item is d_model, so shapes agree.
+            self.output_proj: nn.Linear | None = (
+                nn.Linear(cfg.d_model, d_item) if cfg.output_projection else None
+            )
+            self.item_bias: nn.Parameter | None = (
+                nn.Parameter(torch.zeros(schema.num_items)) if cfg.item_bias else None
+            )
             self.item_head: nn.Linear | None = None
         else:
             self.output_proj = None
@@ -272,6 +332,9 @@ class IntentRec(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        if self.init == "xavier":  # SASRec's (model.init); the item bias stays at zero
+            xavier_init(self)
+            return
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=0.02)

@@ -12,7 +12,8 @@ Faithful to the authors' TensorFlow code (github.com/kang205/SASRec):
   *normalised* queries, and attention has Q/K/V projections but no output projection), then
   ``x = LN(x) + FFN(LN(x))`` with the point-wise conv1d FFN ``d -> d -> d``, ReLU, dropout
   after each layer; ``x *= mask`` after each block; dropout on the attention weights;
-  LayerNorm eps 1e-8 as in the original; a final LayerNorm;
+  LayerNorm eps 1e-8 as in the original; a final LayerNorm (the block is
+  :class:`~intentrec.models.blocks.SASRecBlock`, shared with IntentRec's ``model.block=sasrec``);
 * uses the item sequence only (no timestamps, no side features).
 
 Losses are the module's job; :meth:`SASRec.item_loss` declares which one (``model.sasrec_loss``):
@@ -41,37 +42,15 @@ from intentrec import batch as B
 from intentrec.config import ConfigError, ModelConfig
 from intentrec.data.schema import DataSchema
 from intentrec.models.blocks import (
+    SASREC_LN_EPS,
     Dropout,
-    MultiHeadAttention,
-    PointwiseFeedForward,
+    SASRecBlock,
     additive_mask,
     attention_mask,
+    xavier_init,
 )
 from intentrec.models.item_loss import ItemLoss
 from intentrec.models.output import ModelOutput
-
-LN_EPS = 1e-8  # the original's `normalize(epsilon=1e-8)`
-
-
-class SASRecBlock(nn.Module):
-    """One SASRec block, with the original's residual-from-normalised-queries wiring."""
-
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
-        super().__init__()
-        self.ln_attn = nn.LayerNorm(d_model, eps=LN_EPS)
-        self.attn = MultiHeadAttention(
-            d_model, n_heads, dropout, out_proj=False, separate_queries=True
-        )
-        self.ln_ffn = nn.LayerNorm(d_model, eps=LN_EPS)
-        self.ffn = PointwiseFeedForward(d_model, d_model, dropout, activation="relu")
-
-    def forward(self, x: Tensor, attn_mask: Tensor, mask: Tensor) -> Tensor:
-        """x: [B, L, d]; attn_mask: additive [B, 1, L, L]; mask: Float [B, L, 1] -> [B, L, d]."""
-        q = self.ln_attn(x)  # [B, L, d]
-        x = q + self.attn(q, attn_mask, keys=x)  # [B, L, d]
-        h = self.ln_ffn(x)  # [B, L, d]
-        x = h + self.ffn(h)  # [B, L, d]
-        return x * mask  # [B, L, d]
 
 
 class SASRec(nn.Module):
@@ -97,22 +76,11 @@ class SASRec(nn.Module):
         self.blocks = nn.ModuleList(
             SASRecBlock(cfg.d_model, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers)
         )
-        self.ln_final = nn.LayerNorm(cfg.d_model, eps=LN_EPS)
+        self.ln_final = nn.LayerNorm(cfg.d_model, eps=SASREC_LN_EPS)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.xavier_uniform_(module.weight)
-        for block in self.blocks:
-            # The fused K|V projection is two d x d matrices: glorot-initialise each (one
-            # xavier over [2d, d] would use the wrong fan).
-            for weight in block.attn.kv.weight.chunk(2, dim=0):  # [d, d] each
-                nn.init.xavier_uniform_(weight)
-        self.item_embedding.weight.data[0].zero_()  # padding row, as the original's zero_pad
+        xavier_init(self)  # glorot everywhere, padding row zeroed (the original's zero_pad)
 
     def forward(self, batch: dict[str, Tensor]) -> ModelOutput:
         items = batch[B.ITEM]  # [B, L]
