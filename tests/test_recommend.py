@@ -15,23 +15,7 @@ import torch
 from intentrec.cli import main
 from intentrec.config import ConfigError
 from intentrec.recommend import load_model
-from tests.conftest import TrainedRun, tiny_config
-
-
-@pytest.fixture(scope="module")
-def baseline_runs(tmp_path_factory: pytest.TempPathFactory, tiny_cache: Path) -> dict[str, Path]:
-    """SASRec and GRU4Rec trained for one epoch on the tiny data: best checkpoint each."""
-    from intentrec.train import run_dir, train_run
-
-    out = tmp_path_factory.mktemp("baselines")
-    ckpts = {}
-    for name in ("sasrec", "gru4rec"):
-        cfg = tiny_config(
-            out, tiny_cache, f"model.name={name}", f"variant={name}", "trainer.max_epochs=1"
-        )
-        train_run(cfg)
-        ckpts[name] = run_dir(cfg) / "checkpoints" / "best.ckpt"
-    return ckpts
+from tests.conftest import TrainedRun
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +29,9 @@ def _raw_items(model, codes: np.ndarray) -> list:
 
 @pytest.mark.parametrize("name", ["intentrec", "sasrec", "gru4rec"])
 def test_rank_of_every_test_target_equals_the_evaluators(
-    name: str, trained_run: TrainedRun, baseline_runs: dict[str, Path]
+    name: str, trained_run: TrainedRun, baseline_checkpoints: dict[str, Path]
 ) -> None:
-    ckpt = trained_run.best_ckpt if name == "intentrec" else baseline_runs[name]
+    ckpt = trained_run.best_ckpt if name == "intentrec" else baseline_checkpoints[name]
     model = load_model(ckpt, device="cpu")
     with np.load(ckpt.parent.parent / "targets_test.npz") as saved:
         event, user, rank = saved["event"], saved["user"], saved["rank"]
