@@ -22,6 +22,7 @@ MAP_FILE = "map.png"
 HEAD_WEIGHTS_FILE = "head_weights.png"
 USERS_FILE = "users.parquet"
 REPORT_FILE = "analysis.md"
+UNIFORM_SPREAD = 0.01  # head weights whose sd over users is below this are ~uniform
 
 
 @dataclass
@@ -138,18 +139,25 @@ def build(
             q10, q50, q90 = np.quantile(w[:, i], [0.1, 0.5, 0.9])
             primary_share = float((points.primary == i).mean())
             rows.append(
-                [n, f"{w[:, i].mean():.3f}", f"{w[:, i].std():.3f}", f"{q10:.3f}",
-                 f"{q50:.3f}", f"{q90:.3f}", _pct(primary_share)]
+                [n, f"{w[:, i].mean():.4f}", f"{w[:, i].std():.4f}", f"{q10:.4f}",
+                 f"{q50:.4f}", f"{q90:.4f}", _pct(primary_share)]
             )  # fmt: skip
         per_cluster = [
-            [f"c{c}"] + [f"{w[clustering.labels == c, i].mean():.3f}" for i in range(len(names))]
+            [f"c{c}"] + [f"{w[clustering.labels == c, i].mean():.4f}" for i in range(len(names))]
             for c in range(clustering.k)
         ]
         result.tables["head_weights"] = Table(
             "Head weights softmax(α) over users",
             ["head", "mean", "sd", "p10", "median", "p90", "primary for"],
             rows,
-            "'primary for': share of users whose largest weight is this head (their primary intent).",
+            "'primary for': share of users whose largest weight is this head (their primary intent)."
+            + (
+                f" The weights vary by less than {UNIFORM_SPREAD} over users (largest sd "
+                f"{w.std(axis=0).max():.4f}): the primary intent rests on tiny differences and "
+                "says little about this model's users."
+                if w.std(axis=0).max() < UNIFORM_SPREAD
+                else ""
+            ),
         )
         result.tables["head_weights_by_cluster"] = Table(
             "Mean head weight per cluster", ["cluster", *names], per_cluster
