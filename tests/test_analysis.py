@@ -111,3 +111,14 @@ def test_analyze_refuses_a_model_without_intents(
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "intent heads" in err
     assert str(baseline_checkpoints["sasrec"]) in err
+
+
+def test_analyze_at_the_latest_event_has_no_next_event_columns(v3, tmp_path: Path) -> None:
+    path = analyze(v3, tmp_path, at="latest", k_range=(2, 3), map_points=30, permutations=10,
+                   wandb=False)  # fmt: skip
+    text = path.read_text()
+    assert "the next event carries it" not in text and "next action_type" not in text
+    assert "user's most frequent planted intent so far" in text  # history is still known
+    assert "planted intent of the next event" not in text
+    assert pl.read_parquet(tmp_path / "users.parquet").height == v3.schema.num_users
+    assert not (tmp_path / "wandb").exists()
