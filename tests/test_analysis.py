@@ -122,3 +122,16 @@ def test_analyze_at_the_latest_event_has_no_next_event_columns(v3, tmp_path: Pat
     assert "planted intent of the next event" not in text
     assert pl.read_parquet(tmp_path / "users.parquet").height == v3.schema.num_users
     assert not (tmp_path / "wandb").exists()
+
+
+def test_v1_is_clustered_on_its_heads_distributions(tiny_cfg, tmp_path: Path) -> None:
+    from intentrec.train import run_dir, train_run
+
+    cfg = tiny_cfg("variant=V1", "model.variant=V1", "trainer.max_epochs=1")
+    train_run(cfg)
+    model = load_model(run_dir(cfg) / "checkpoints" / "best.ckpt", device="cpu")
+    text = analyze(model, tmp_path / "a", k_range=(2, 3), map_points=20, permutations=5,
+                   wandb=False).read_text()  # fmt: skip
+    assert "concatenated head distributions" in text
+    assert "Head weights" not in text and "primary intent" not in text
+    assert "predicted action_type" in text

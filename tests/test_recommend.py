@@ -198,3 +198,15 @@ def test_k_beyond_the_catalogue_is_refused(v3) -> None:
         v3.recommend(k=v3.num_items + 1)
     with pytest.raises(ConfigError, match="users"):
         v3.recommend(users="everyone")
+
+
+def test_v1_has_intents_but_no_head_weights(tiny_cfg) -> None:
+    from intentrec.train import run_dir, train_run
+
+    cfg = tiny_cfg("variant=V1", "model.variant=V1", "trainer.max_epochs=1")
+    train_run(cfg)
+    model = load_model(run_dir(cfg) / "checkpoints" / "best.ckpt", device="cpu")
+    recs = model.recommend(k=3, with_z=True)
+    assert "intent/action_type" in recs.columns and "intent/genre/drama" in recs.columns
+    assert not {"primary_intent", "z"} & set(recs.columns)
+    assert not any(c.startswith("head_weight/") for c in recs.columns)
