@@ -101,7 +101,7 @@ class Recommender:
         self.module = module.eval()
         self.cfg = cfg  # the checkpoint's, with the evaluation-side overrides
         self.checkpoint = checkpoint
-        self.data = dm._loaded()
+        self.data = dm.data  # the cache, opened by setup()
         self.schema = module.schema
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.module.to(self.device)
@@ -114,7 +114,7 @@ class Recommender:
         self.num_items = int(self.schema.num_items) - 1  # without the padding id
         self._timestamps = np.asarray(self.data.arrays["timestamp"])
         self._items = np.asarray(self.data.arrays["item"])
-        self._offsets = np.asarray(self.data.user_offsets)
+        self.user_offsets = np.asarray(self.data.user_offsets)
 
     # ------------------------------------------------------------------ users and windows
     def user_codes(self, users: str | Iterable[Any] | pl.Series | None = None) -> np.ndarray:
@@ -155,12 +155,12 @@ class Recommender:
         event strictly before ``cutoff`` (epoch seconds or an ISO date-time, UTC if naive)."""
         codes = np.asarray(codes, dtype=np.int64)
         if cutoff is None:
-            return self._offsets[codes].astype(np.int64)
+            return self.user_offsets[codes].astype(np.int64)
         seconds = parse_time(cutoff)
         before = self._timestamps < seconds  # [n]; a user's events are in time order
         users = np.asarray(self.data.arrays["user"])
         count = np.bincount(users[before], minlength=self.schema.num_users + 1)
-        return (self._offsets[codes - 1] + count[codes]).astype(np.int64)
+        return (self.user_offsets[codes - 1] + count[codes]).astype(np.int64)
 
     # ------------------------------------------------------------------ results
     def recommend(
@@ -228,7 +228,7 @@ class Recommender:
             raise ConfigError(f"--k {k}: must be in 0..{self.num_items} (the catalogue's size)")
         if batch_size < 1:
             raise ConfigError(f"--batch-size {batch_size}: must be >= 1")
-        first = self._offsets[codes - 1]
+        first = self.user_offsets[codes - 1]
         empty = ends <= first
         if empty.any():
             log.warning(
@@ -291,7 +291,7 @@ class Recommender:
         columns: dict[str, Any] = {
             "user_id": self.data.decode_users(codes).to_arrow(),
             "as_of": self._timestamps[ends - 1].astype(np.int64),
-            "history": (ends - self._offsets[codes - 1]).astype(np.int32),
+            "history": (ends - self.user_offsets[codes - 1]).astype(np.int32),
         }
         shorter = 0
         if k > 0:
@@ -355,7 +355,7 @@ class Recommender:
 
     def _history_items(self, codes: np.ndarray, ends: np.ndarray) -> Tensor:
         """Long [B, H]: item codes of each user's events before its end (0-padded)."""
-        first = self._offsets[codes - 1]
+        first = self.user_offsets[codes - 1]
         lengths = ends - first  # [B]
         width = int(lengths.max()) if lengths.size else 0
         position = np.arange(width)[None, :]  # [1, H]

@@ -54,7 +54,7 @@ def point_ends(model: Recommender, at: str) -> tuple[np.ndarray, np.ndarray]:
     """(users, ends): each user's input end for ``at`` (users without one are left out)."""
     if at not in POINTS:
         raise ConfigError(f"--at {at!r}: not one of {list(POINTS)}")
-    offsets = model._offsets
+    offsets = model.user_offsets
     users = np.arange(1, model.schema.num_users + 1, dtype=np.int64)
     if at == "latest":
         return users, offsets[users].astype(np.int64)
@@ -117,7 +117,7 @@ def collect_points(model: Recommender, at: str, batch_size: int = 256) -> Points
         planted = hidden[PLANTED].cast(pl.Utf8).to_numpy()
         if at != "latest":
             points.planted_next = planted[ends]
-        points.planted_history = _most_frequent_before(planted, model._offsets[users - 1], ends)
+        points.planted_history = _most_frequent_before(planted, model.user_offsets[users - 1], ends)
     return points
 
 
