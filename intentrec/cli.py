@@ -1,4 +1,4 @@
-"""``intentrec`` command line: data, train, tune, evaluate, sweep.
+"""``intentrec`` command line: data, train, tune, evaluate, recommend, analyze, sweep.
 
 Errors a user can fix (bad config key, bad data) are printed as one line and exit 2.
 """
@@ -91,6 +91,49 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    from intentrec.recommend import USER_SETS, load_model, read_user_file
+
+    out = _output_file(args.out, "--out")  # before the model loads
+    users = args.users if args.users in USER_SETS else read_user_file(args.users)
+    model = load_model(args.checkpoint, list(args.overrides), device=args.device)
+    if not isinstance(users, str):
+        model.encode_users(users, source=f"--users {args.users}")  # fail before any work
+    result = model.write_parquet(
+        out,
+        users=users,
+        k=args.k,
+        filter_seen=args.filter_seen,
+        cutoff=args.cutoff,
+        with_z=args.with_z,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    print(
+        f"recommendations: {result['path']} ({result['users']:,} users x top {args.k}; "
+        f"{model.cfg.model.name} on {model.device})"
+    )
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from intentrec.analysis import analyze_checkpoint
+
+    report = analyze_checkpoint(
+        args.checkpoint,
+        out_dir=args.out,
+        overrides=list(args.overrides),
+        at=args.at,
+        k_range=(args.k_min, args.k_max),
+        map_points=args.map_points,
+        permutations=args.permutations,
+        wandb=not args.no_wandb,
+        device=args.device,
+    )
+    print(f"analysis: {report}")
+    return 0
+
+
 def _output_file(value: str, flag: str) -> Path:
     """``value`` as a file to write: refused when it is a folder or lies inside a file."""
     path = Path(value)
@@ -164,6 +207,52 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", help="eval.* overrides, e.g. eval.filter_seen=true"
     )
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    rec = sub.add_parser("recommend", help="top-k items and predicted intents per user -> parquet")
+    rec.add_argument("checkpoint")
+    rec.add_argument(
+        "--users",
+        default="all",
+        help="all | train | val | test (users with events in that split) | a file of raw ids "
+        "(text, one per line; or parquet/CSV with a user_id column)",
+    )
+    rec.add_argument("--k", type=int, default=100, help="items per user")
+    rec.add_argument("--out", default="recs.parquet", help="parquet file to write")
+    rec.add_argument(
+        "--filter-seen", action="store_true", help="leave out items of the user's history"
+    )
+    rec.add_argument(
+        "--cutoff",
+        help="recommend as of this time (epoch seconds or ISO, UTC): events before it only",
+    )
+    rec.add_argument("--with-z", action="store_true", help="also write Z_k (IntentRec V2/V3)")
+    rec.add_argument("--batch-size", type=int, default=256, help="users per batch")
+    rec.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
+    rec.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rec.add_argument("overrides", nargs="*", help="evaluation-side key=value (data.cache_dir=...)")
+    rec.set_defaults(func=_cmd_recommend)
+
+    ana = sub.add_parser(
+        "analyze", help="the paper's analyses: intent clusters, 2-D map, head weights, agreement"
+    )
+    ana.add_argument("checkpoint")
+    ana.add_argument("--out", help="output folder (default: <run>/analysis)")
+    ana.add_argument(
+        "--at",
+        default="test",
+        choices=("test", "val", "latest"),
+        help="each user's state before its first test (val) target, or after its latest event",
+    )
+    ana.add_argument("--k-min", type=int, default=2, help="fewest K-means clusters tried")
+    ana.add_argument("--k-max", type=int, default=12, help="most K-means clusters tried")
+    ana.add_argument("--map-points", type=int, default=3000, help="users on the 2-D map (t-SNE)")
+    ana.add_argument(
+        "--permutations", type=int, default=200, help="label permutations for the chance level"
+    )
+    ana.add_argument("--no-wandb", action="store_true", help="do not log to wandb (offline)")
+    ana.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
+    ana.add_argument("overrides", nargs="*", help="evaluation-side key=value (data.cache_dir=...)")
+    ana.set_defaults(func=_cmd_analyze)
 
     sweep = sub.add_parser("sweep", help="wandb sweeps")
     sweep_sub = sweep.add_subparsers(dest="sweep_command", required=True)

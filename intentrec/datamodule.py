@@ -151,7 +151,11 @@ class WindowDataset(Dataset):
         start = np.maximum(end - self.max_len, offsets[user - 1])  # [B] first input event
         position = end[:, None] - self.max_len + np.arange(self.max_len)  # [B, L]
         real = position >= start[:, None]  # [B, L] left padding is False
-        target = np.where(real, position + 1, 0)  # [B, L]
+        # An inference window (``intentrec.recommend``) may end at a user's latest event,
+        # whose target lies past the table for the last user: it reads row 0 instead and
+        # never counts (its first_target is past the window).
+        num_events = self.arrays["item"].shape[0]
+        target = np.where(real & (position + 1 < num_events), position + 1, 0)  # [B, L]
         split = np.asarray(self.arrays["split"][target])  # [B, L]
         mask = real & (target >= first_target[:, None]) & (split == self.stage_tag)
         return np.where(real, position, -1), mask
@@ -162,7 +166,8 @@ class WindowDataset(Dataset):
         events, mask = self.window_events(indices)  # [B, L], [B, L]
         real = events >= 0  # [B, L]
         inputs = np.where(real, events, 0)  # [B, L] gather index (0 at padding)
-        targets = np.where(real, events + 1, 0)  # [B, L]
+        num_events = self.arrays["item"].shape[0]
+        targets = np.where(real & (events + 1 < num_events), events + 1, 0)  # [B, L]
         a = self.arrays
 
         def at(name: str, index: np.ndarray, pad: Any) -> np.ndarray:

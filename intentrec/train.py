@@ -303,25 +303,23 @@ def _best_epoch(checkpoint: ModelCheckpoint) -> int:
     return int(state.get("epoch", -1))
 
 
-def evaluate_checkpoint(
+def open_checkpoint(
     ckpt_path: str | Path,
-    split: str = "test",
     overrides: list[str] | tuple[str, ...] = (),
     trainer_overrides: dict | None = None,
-    per_target_dir: Path | None = None,
-) -> dict[str, float]:
-    """Rebuild a run from its checkpoint alone and evaluate it on ``split`` (val|test).
-
-    With ``per_target_dir``, every target's rank is also written there
-    (``targets_<split>.npz``, as a training run writes into its folder).
+    stage: str = "test",
+) -> tuple[IntentRecModule, DictConfig, IntentRecDataModule]:
+    """A run rebuilt from its checkpoint alone: (module, config, set-up datamodule).
 
     ``overrides`` may change evaluation settings only (``EVAL_OVERRIDABLE``); a key that
     would change the model or the data is a ConfigError naming it (it would be ignored).
+    The data are prepared from the checkpoint's ``data.*`` config, and a cache whose
+    fingerprint differs from the checkpoint's (other data, another dataset) is a
+    ConfigError naming the checkpoint. ``stage`` is the datamodule's setup stage.
+    Shared by ``intentrec evaluate`` and ``intentrec recommend`` / ``analyze``.
     """
     from intentrec.config import ConfigError, base_config, merge, parse_overrides, validate
 
-    if split not in ("val", "test"):
-        raise ValueError(f"--split must be 'val' or 'test', not {split!r}")
     ckpt_path = Path(ckpt_path)
     module = load_checkpoint(ckpt_path)  # a missing, foreign or broken file names its path
     cfg = module.cfg
@@ -347,17 +345,44 @@ def evaluate_checkpoint(
     # Evaluation-only settings may change; the model and data must be the checkpoint's.
     if list(cfg.eval.ks) != list(module.cfg.eval.ks):
         module.ranking = torch.nn.ModuleDict(
-            {stage: RankingMetrics(ks=tuple(cfg.eval.ks)) for stage in STAGES}
+            {stage_name: RankingMetrics(ks=tuple(cfg.eval.ks)) for stage_name in STAGES}
         )
     module.cfg.eval = cfg.eval
     dm = IntentRecDataModule(cfg)
     dm.prepare_data()
-    dm.setup("test" if split == "test" else "validate")
+    dm.setup(stage)
     if dm.schema.fingerprint != module.schema.fingerprint:
         raise ConfigError(
             f"{ckpt_path}: data fingerprint {dm.schema.fingerprint} differs from the checkpoint's "
             f"{module.schema.fingerprint}; the data or data.* config changed"
         )
+    return module, cfg, dm
+
+
+def evaluate_checkpoint(
+    ckpt_path: str | Path,
+    split: str = "test",
+    overrides: list[str] | tuple[str, ...] = (),
+    trainer_overrides: dict | None = None,
+    per_target_dir: Path | None = None,
+) -> dict[str, float]:
+    """Rebuild a run from its checkpoint alone and evaluate it on ``split`` (val|test).
+
+    With ``per_target_dir``, every target's rank is also written there
+    (``targets_<split>.npz``, as a training run writes into its folder).
+
+    ``overrides`` may change evaluation settings only (``EVAL_OVERRIDABLE``); a key that
+    would change the model or the data is a ConfigError naming it (it would be ignored).
+    """
+    if split not in ("val", "test"):
+        raise ValueError(f"--split must be 'val' or 'test', not {split!r}")
+    ckpt_path = Path(ckpt_path)
+    module, cfg, dm = open_checkpoint(
+        ckpt_path,
+        overrides,
+        trainer_overrides,
+        stage="test" if split == "test" else "validate",
+    )
     module.set_slices(dm.slice_column, dm.slice_names)
     trainer = build_trainer(cfg, ckpt_path.parent, loggers=False)
     if split == "test":

@@ -138,3 +138,22 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_cache: Path) -> T
     cfg = tiny_config(tmp_path_factory.mktemp("trained"), tiny_cache, "variant=V3", "seed=0")
     metrics = train_run(cfg)
     return TrainedRun(cfg=cfg, run_dir=run_dir(cfg), metrics=metrics)
+
+
+@pytest.fixture(scope="session")
+def baseline_checkpoints(
+    tmp_path_factory: pytest.TempPathFactory, tiny_cache: Path
+) -> dict[str, Path]:
+    """SASRec and GRU4Rec trained for one epoch on the tiny data: ``name -> best.ckpt``
+    (shared, read-only)."""
+    from intentrec.train import run_dir, train_run
+
+    out = tmp_path_factory.mktemp("baselines")
+    checkpoints = {}
+    for name in ("sasrec", "gru4rec"):
+        cfg = tiny_config(
+            out, tiny_cache, f"model.name={name}", f"variant={name}", "trainer.max_epochs=1"
+        )
+        train_run(cfg)
+        checkpoints[name] = run_dir(cfg) / "checkpoints" / "best.ckpt"
+    return checkpoints

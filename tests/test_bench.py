@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import quality, train_bench
+from benchmarks import quality, recommend_bench, train_bench
 from benchmarks.common import Reporter, bf16_peak_tflops, human_count, parse_count
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,6 +44,11 @@ EXPECTED = [
         f"eval/{cat}/{what}"
         for cat in ("2k", "20k")
         for what in ("targets_per_s", "item_scores_per_s", "mem_bound", "rss_delta")
+    ),
+    *(
+        f"recommend/{model}/20k/{what}"
+        for model in recommend_bench.MODELS
+        for what in ("users_per_s", "peak_rss", "rss_growth", "output")
     ),
     *(
         f"quality/{model}/{what}"
@@ -146,6 +151,12 @@ def test_quick_run_values_are_sane(quick_run) -> None:
         assert bound == pytest.approx(
             13 * 512 * by_name[f"eval/{cat}/mem_bound"]["params"]["chunk"] / 2**20, rel=1e-4
         )
+    # Recommend: every user of the data written, top-100 lists of 4-byte scores at least.
+    for model in recommend_bench.MODELS:
+        rate = by_name[f"recommend/{model}/20k/users_per_s"]
+        assert rate["value"] > 1 and rate["params"]["users"] > 300
+        assert by_name[f"recommend/{model}/20k/output"]["value"] > 4 * recommend_bench.K
+        assert 20 < by_name[f"recommend/{model}/20k/peak_rss"]["value"] < 8_000  # MiB
     # Quality: means over the seeds found; ratio to RecBole's time from the issue.
     assert by_name["quality/sasrec/test_ndcg@10"]["value"] == pytest.approx(0.055)
     assert by_name["quality/sasrec/reached_reference"]["value"] == 1
