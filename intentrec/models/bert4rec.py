@@ -13,7 +13,8 @@ What we follow (the paper and the authors' TensorFlow code, github.com/FeiSun/BE
   masked positions only (:attr:`ModelOutput.target_mask`). With probability
   ``model.bert4rec_last_only_prob`` a training sequence instead has only its last item
   masked: the paper's extra "samples that only mask the last item" (§3.6), which match
-  the prediction task; the paper gives no share, 0.1 is our choice.
+  the prediction task. The authors' ``gen_data_fin.py`` adds one such instance per
+  ``dupe_factor = 10`` randomly masked copies (a share of 1/11); our default is 0.1.
 * **Evaluation.** ``[MASK]`` is appended after the history and its output scores the next
   item: for a target at position k the encoder reads ``[i_{k-L+1} .. i_k, MASK]``, the
   ``max_len`` events before the target (as SASRec sees) plus the mask. So the evaluated
@@ -23,8 +24,10 @@ What we follow (the paper and the authors' TensorFlow code, github.com/FeiSun/BE
   ``x = LN(x + Dropout(FFN(x)))``, FFN ``d -> 4d -> d`` with GELU), bidirectional attention
   over the real events (padding is never a key); output transform Linear + GELU +
   LayerNorm, then scores against the SAME item table plus a per-item output bias;
-  truncated-normal(0.02) init, LayerNorm eps 1e-12, as BERT. Paper sizes for MovieLens:
-  d 64, 2 layers, 2 heads, dropout 0.1, max length 200; Adam lr 1e-4 for 400k steps.
+  truncated-normal(0.02) init, LayerNorm eps 1e-12, as BERT. The authors' ML-1M setting
+  (``bert_config_ml-1m_64.json``, ``run_ml-1m.sh``): d 64, 2 layers, 2 heads, FFN 256,
+  dropout 0.2 (hidden and attention), max length 200; Adam lr 1e-4 with 100 warm-up
+  steps for 400k steps of batch 256.
 * **Training length.** The replicability study's main lesson: the original default
   training (a few hours) leaves BERT4Rec far below its reported numbers, and it needs up to
   30x longer. Each sequence yields only ρ of its targets per pass (SASRec trains on all of
