@@ -139,26 +139,21 @@ class ModelConfig:
     gru_sample_alpha: float = 0.75  # popularity^alpha sampling
     gru_logq: float = 0.0  # logQ correction strength for sampled softmax
     # --- BERT4Rec (Sun et al. 2019; intentrec/models/bert4rec.py) ---
-    bert4rec_mask_prob: float = (
-        0.2  # ρ: share of a sequence's targets masked (paper: 0.2 on MovieLens)
-    )
-    bert4rec_last_only_prob: float = (
-        0.1  # share of training sequences with only the last item masked
-    )
+    # ρ: share of a training sequence's targets replaced by [MASK] (paper: 0.2 on MovieLens)
+    bert4rec_mask_prob: float = 0.2
+    # share of training sequences with only the last item masked (authors' code: 1/11)
+    bert4rec_last_only_prob: float = 0.1
     # --- TransAct (Xia et al. 2023; intentrec/models/transact.py) ---
-    transact_action_feature: str = (
-        "auto"  # categorical feature embedded as the action type; auto: action_type, else rating
-    )
+    # categorical feature embedded as the action type; auto = action_type, else rating
+    transact_action_feature: str = "auto"
     transact_action_dim: int = 32  # action-type embedding size (reference code: 32)
     transact_ffn_dim: int = 32  # feed-forward width of the encoder layers (reference code: 32)
     transact_latest_n: int = 10  # outputs of the N most recent actions kept (reference code: 10)
-    transact_time_window_s: int = (
-        0  # random time-window mask in training, max window in s; 0 = off (reference: 3600)
-    )
+    # random time-window mask in training: r ~ U{0..this} seconds; 0 = off (reference: 3600)
+    transact_time_window_s: int = 0
     # --- Next-intent predictors (intentrec/models/next_intent.py) ---
-    next_intent_encoder: str = (
-        "transformer"  # one of NEXT_INTENT_ENCODERS (transformer = V1 without the item loss)
-    )
+    # one of NEXT_INTENT_ENCODERS; transformer = IntentRec V1 without the item loss
+    next_intent_encoder: str = "transformer"
 
 
 @dataclass
