@@ -9,7 +9,8 @@ The time of a step is the median of ``steps`` steps after ``warmup`` untimed one
 each step ends with a synchronisation).
 
 Throughput counts *target positions* (``target/mask`` True: the positions whose next item is
-a training target). FLOPs use ``intentrec.models.flops.forward_flops_per_position`` (forward: every
+a training target); BERT4Rec's cloze loss trains on about ``bert4rec_mask_prob`` of them per
+step, and the next-intent predictors compute intent losses only (no catalogue scoring). FLOPs use ``intentrec.models.flops.forward_flops_per_position`` (forward: every
 Linear, attention, full-catalogue scoring; for the sampled loss the scoring term is replaced
 by the ``N + K`` columns actually scored) times 3 for forward + backward, times target
 positions per second. Padding positions are computed but not counted, so this is a lower
@@ -45,12 +46,35 @@ MFU_SIZE = {"seq_len": 200, "d_model": 256, "layers": 2, "heads": 4, "items": 50
 MFU_BATCHES = (256, 128, 64, 32)  # tried in order until one fits in GPU memory
 NUM_NEGATIVES = 1024  # sampled softmax: shared popularity samples per step (plus in-batch)
 
+INTENT_MONITOR = "trainer.monitor=val/intent/action_type/accuracy"
 MODELS: dict[str, tuple[str, ...]] = {
     "sasrec": ("model.name=sasrec",),
     "gru4rec": ("model.name=gru4rec",),
     "intentrec_v0": ("model.name=intentrec", "model.variant=V0"),
     "intentrec_v3": ("model.name=intentrec", "model.variant=V3"),
+    # The paper's comparators (intentrec/models/{transact,bert4rec,next_intent}.py).
+    "transact": ("model.name=transact",),
+    "bert4rec": ("model.name=bert4rec",),
+    **{
+        f"next_intent_{encoder}": (
+            "model.name=next_intent",
+            f"model.next_intent_encoder={encoder}",
+            INTENT_MONITOR,  # a model without items cannot monitor an item metric
+        )
+        for encoder in ("gru", "lstm", "transformer")
+    },
 }
+
+
+def loss_label(module: Any) -> str:
+    """What a step's loss is, for the figure's params: the next-intent predictors have no
+    item loss; BERT4Rec's full softmax covers its masked positions only."""
+    kind = module.item_loss_name()
+    if kind == "none":
+        return "intents only"
+    if module.model.name == "bert4rec":
+        return f"{kind} over masked targets (p={module.model.mask_prob})"
+    return kind
 
 
 @dataclass
@@ -262,7 +286,8 @@ def run_train(rep: Reporter, device: str, quick: bool, tmp: str | None = None) -
                 step_s = median(times)
                 ms[(name, precision)] = 1000 * step_s
                 targets_s = data.targets_per_batch / step_s
-                params = {**base, "precision": precision, "loss": "full", "steps": steps}
+                params = {**base, "precision": precision, "loss": loss_label(module)}
+                params["steps"] = steps
                 rep.emit(
                     "train",
                     f"{key}/ms_per_step",
@@ -293,7 +318,7 @@ def run_train(rep: Reporter, device: str, quick: bool, tmp: str | None = None) -
                     )
         for precision in precisions:
             ref = ms.get(("sasrec", precision))
-            for name in ("intentrec_v0", "intentrec_v3", "gru4rec"):
+            for name in (n for n in MODELS if n != "sasrec"):
                 if ref and (name, precision) in ms:
                     rep.emit(
                         "train",

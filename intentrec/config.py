@@ -26,7 +26,8 @@ EXPERIMENTS_DIR = REPO_ROOT / "experiments"
 
 DATASETS = ("synthetic", "ml-100k", "movielens", "logs")
 SPLITS = ("temporal", "leave_last_out", "random_user")
-MODELS = ("intentrec", "sasrec", "gru4rec")
+MODELS = ("intentrec", "sasrec", "gru4rec", "bert4rec", "transact", "next_intent")
+NEXT_INTENT_ENCODERS = ("transformer", "gru", "lstm")
 DURATION_WEIGHTS = ("none", "log1p", "linear")
 # Lightning's precision values ("32" etc. are its legacy spellings of "32-true" etc.).
 PRECISIONS = (
@@ -157,6 +158,22 @@ class ModelConfig:
     gru_n_sample: int = 2048
     gru_sample_alpha: float = 0.75  # popularity^alpha sampling
     gru_logq: float = 0.0  # logQ correction strength for sampled softmax
+    # --- BERT4Rec (Sun et al. 2019; intentrec/models/bert4rec.py) ---
+    # ρ: share of a training sequence's targets replaced by [MASK] (paper: 0.2 on MovieLens)
+    bert4rec_mask_prob: float = 0.2
+    # share of training sequences with only the last item masked (authors' code: 1/11)
+    bert4rec_last_only_prob: float = 0.1
+    # --- TransAct (Xia et al. 2023; intentrec/models/transact.py) ---
+    # categorical feature embedded as the action type; auto = action_type, else rating
+    transact_action_feature: str = "auto"
+    transact_action_dim: int = 32  # action-type embedding size (reference code: 32)
+    transact_ffn_dim: int = 32  # feed-forward width of the encoder layers (reference code: 32)
+    transact_latest_n: int = 10  # outputs of the N most recent actions kept (reference code: 10)
+    # random time-window mask in training: r ~ U{0..this} seconds; 0 = off (reference: 3600)
+    transact_time_window_s: int = 0
+    # --- Next-intent predictors (intentrec/models/next_intent.py) ---
+    # one of NEXT_INTENT_ENCODERS; transformer = IntentRec V1 without the item loss
+    next_intent_encoder: str = "transformer"
 
 
 @dataclass
@@ -259,6 +276,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model.variant": ("V0", "V1", "V2", "V3", "custom"),
     "model.sasrec_loss": ("ce", "bce"),
     "model.gru_loss": ("ce", "sampled"),
+    "model.next_intent_encoder": NEXT_INTENT_ENCODERS,
     "loss.item_loss": ("full", "sampled"),
     "loss.multi_label_reduction": ("sum", "mean"),
     "loss.weighting": ("fixed", "uncertainty"),
@@ -428,6 +446,12 @@ RANGES: dict[str, Range | Each | Batches] = {
     "model.gru_n_sample": AT_LEAST_1,
     "model.gru_sample_alpha": NON_NEGATIVE,
     "model.gru_logq": NON_NEGATIVE,
+    "model.bert4rec_mask_prob": Range(0, 1, low_open=True),  # (0, 1]: something is masked
+    "model.bert4rec_last_only_prob": UNIT,
+    "model.transact_action_dim": POSITIVE,
+    "model.transact_ffn_dim": POSITIVE,
+    "model.transact_latest_n": AT_LEAST_1,
+    "model.transact_time_window_s": NON_NEGATIVE,  # 0 = no time-window mask
     "loss.intent_weight": NON_NEGATIVE,
     "loss.head_weights": Each(NON_NEGATIVE),
     "loss.num_negatives": AT_LEAST_1,

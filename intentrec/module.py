@@ -9,6 +9,9 @@ The network is a plain ``nn.Module`` (see ``intentrec.models``) returning a
   non-target positions are masked out of every part.
 * exact full-catalogue ranking metrics (chunked over the catalogue, pessimistic ties) and
   intent metrics, reduced as sums and counts so DDP and batch size never change them.
+  A model that predicts no items (``item_loss()`` of kind ``none``: the next-intent
+  predictors) gets no item loss and no item metrics: its ``*/item/*`` keys are absent,
+  never zeros.
 * optimiser and schedule from config (AdamW + linear warmup + cosine by default).
 """
 
@@ -75,11 +78,23 @@ class IntentRecModule(pl.LightningModule):
             )
         self.head_names: list[str] = list(getattr(self.model, "intent_names", []))
         self.item_objective = self.model.item_loss(self.cfg.loss)
+        self.predicts_items: bool = self.item_objective.kind != "none"
+        if not self.predicts_items and not self.head_names:
+            raise ConfigError(
+                f"config key 'model.intent_heads': model {self.cfg.model.name!r} predicts "
+                "intents only and has no heads: it would learn nothing"
+            )
         # loss.weighting=uncertainty: log-variances s_t of the item task and each head.
         self.task_log_vars: nn.Parameter | None = None
         if self.cfg.loss.weighting == "uncertainty":
-            self.task_log_vars = nn.Parameter(torch.zeros(1 + len(self.head_names)))
+            self.task_log_vars = nn.Parameter(torch.zeros(len(self.task_names())))
         monitor = str(self.cfg.trainer.monitor)
+        if not self.predicts_items and monitor.startswith("val/item/"):
+            raise ConfigError(
+                f"config key 'trainer.monitor': {monitor!r} is an item metric, and model "
+                f"{self.cfg.model.name!r} predicts intents only; monitor an intent metric, "
+                f"e.g. val/intent/{self.head_names[0]}/accuracy"
+            )
         if monitor.startswith(("val/intent/", "val/head_weight/")):
             head = monitor.split("/")[2]
             if head not in self.head_names:  # early stopping would fail after an epoch
@@ -308,15 +323,23 @@ class IntentRecModule(pl.LightningModule):
         loss = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")
         return loss, valid
 
+    def task_names(self) -> list[str]:
+        """The loss parts: ``item`` (unless the model predicts no items), ``intent/<name>``."""
+        item = ["item"] if self.predicts_items else []
+        return [*item, *(f"intent/{n}" for n in self.head_names)]
+
     def compute_losses(self, batch: dict[str, Tensor], out: ModelOutput) -> dict[str, Tensor]:
         """All loss parts for one batch; ``"loss"`` is the weighted total."""
         mask = batch[B.TARGET_MASK]  # [B, L]
+        if out.target_mask is not None:  # the model trains on a subset (BERT4Rec: masked)
+            mask = mask & out.target_mask
         weights = batch[B.TARGET_WEIGHT][mask]  # [N]
-        hidden = out.hidden[mask]  # [N, d]
-        targets = batch[B.TARGET_ITEM][mask]  # [N]
         parts: dict[str, Tensor] = {}
-        item = self.item_loss(hidden, targets)  # [N]
-        parts["item"] = (item * weights).sum() / weights.sum().clamp_min(1e-12)
+        if self.predicts_items:
+            hidden = out.hidden[mask]  # [N, d]
+            targets = batch[B.TARGET_ITEM][mask]  # [N]
+            item = self.item_loss(hidden, targets)  # [N]
+            parts["item"] = (item * weights).sum() / weights.sum().clamp_min(1e-12)
         for name in self.head_names:
             spec = self.intent_specs[name]
             loss, valid = self.intent_loss(
@@ -331,12 +354,12 @@ class IntentRecModule(pl.LightningModule):
         """Each part's term in the total: ``item`` -> L_item, ``intent/<name>`` -> λ w_i L_i
         (``loss.weighting=fixed``) or ``exp(-s_t) L_t + s_t / 2`` with learned s_t
         (``uncertainty``, Kendall et al. 2018)."""
-        names = ["item", *(f"intent/{n}" for n in self.head_names)]
+        names = self.task_names()
         if self.task_log_vars is not None:
-            s = self.task_log_vars  # [1 + M]
+            s = self.task_log_vars  # [len(names)]
             return {n: torch.exp(-s[i]) * parts[n] + 0.5 * s[i] for i, n in enumerate(names)}
         lam = self.cfg.loss.intent_weight
-        out = {"item": parts["item"]}
+        out = {"item": parts["item"]} if self.predicts_items else {}
         for name in self.head_names:
             head_w = float(self.cfg.loss.head_weights.get(name, 1.0))
             out[f"intent/{name}"] = lam * head_w * parts[f"intent/{name}"]
@@ -363,8 +386,7 @@ class IntentRecModule(pl.LightningModule):
             self._log_gradient_norms(parts, n_targets)
         self.log("train/loss", parts["loss"], prog_bar=True, batch_size=n_targets)
         if self.task_log_vars is not None:  # the weights uncertainty weighting has learned
-            names = ["item", *(f"intent/{n}" for n in self.head_names)]
-            for name, s in zip(names, self.task_log_vars.detach()):
+            for name, s in zip(self.task_names(), self.task_log_vars.detach()):
                 self.log(f"train/task_weight/{name}", torch.exp(-s), batch_size=n_targets)
         for key, value in parts.items():
             if key != "loss":
@@ -385,6 +407,21 @@ class IntentRecModule(pl.LightningModule):
         mask = batch[B.TARGET_MASK]
         if not bool(mask.any()):
             return
+        if self.predicts_items:
+            self._rank_targets(batch, out, mask, stage)
+        for name in self.head_names:
+            self.intent_metrics[stage][name].update(
+                out.intent_logits[name][mask].float(), batch[B.target_intent(name)][mask]
+            )
+        if out.head_weights is not None:
+            weights_at_targets = out.head_weights[mask].float()  # [N, M]
+            for i, name in enumerate(self.head_names):
+                self.head_weight_means[stage][name].update(weights_at_targets[:, i])
+
+    def _rank_targets(
+        self, batch: dict[str, Tensor], out: ModelOutput, mask: Tensor, stage: str
+    ) -> None:
+        """Full-catalogue ranks of the stage's targets into the ranking metrics."""
         weight, bias = self.model.output_weights()
         exclude = self._seen_items(batch, mask) if self.cfg.eval.filter_seen else None
         ranks = target_ranks(
@@ -404,17 +441,9 @@ class IntentRecModule(pl.LightningModule):
             codes = batch[B.TARGET_SLICE][mask]  # [N]
             for code, metric in enumerate(self.slice_ranking[stage]):
                 metric.update(ranks[codes == code])  # every slice, empty or not, each batch
-        for name in self.head_names:
-            self.intent_metrics[stage][name].update(
-                out.intent_logits[name][mask].float(), batch[B.target_intent(name)][mask]
-            )
-        if out.head_weights is not None:
-            weights_at_targets = out.head_weights[mask].float()  # [N, M]
-            for i, name in enumerate(self.head_names):
-                self.head_weight_means[stage][name].update(weights_at_targets[:, i])
 
-    def _eval_epoch_end(self, stage: str) -> None:
-        values: dict[str, Tensor] = {}
+    def _item_metric_values(self, stage: str, values: dict[str, Tensor]) -> None:
+        """The stage's item metrics (overall and per slice) into ``values``; resets them."""
         for key, value in self.ranking[stage].compute().items():
             values[f"{stage}/item/{key}"] = value
         self.ranking[stage].reset()
@@ -432,6 +461,11 @@ class IntentRecModule(pl.LightningModule):
                 size = metric.count.float().clone()
             values[f"{stage}/item/{self.slice_column}={name}/targets"] = size
             metric.reset()
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        values: dict[str, Tensor] = {}
+        if self.predicts_items:
+            self._item_metric_values(stage, values)
         for name in self.head_names:
             metric = self.intent_metrics[stage][name]
             for key, value in metric.compute().items():

@@ -43,8 +43,8 @@ def write(tmp_path: Path, text: str) -> Path:
             r"variant 'a': config key 'model.d_model': Value 'abc' of type 'str' could not be converted to Integer",
         ),
         (
-            "variants:\n  a:\n    model.name: bert4rec\n",
-            r"exp.yaml: variant 'a': config key 'model.name': 'bert4rec' is not one of \['intentrec', 'sasrec', 'gru4rec'\]",
+            "variants:\n  a:\n    model.name: caser\n",
+            r"exp.yaml: variant 'a': config key 'model.name': 'caser' is not one of \['intentrec', 'sasrec', 'gru4rec', 'bert4rec', 'transact', 'next_intent'\]",
         ),
         (
             "data:\n  name: ml-1k\n",
@@ -80,8 +80,8 @@ def test_experiment_file_errors_name_the_key(tmp_path: Path, text: str, pattern:
             r"config key 'data.name': 'ml-1k' is not one of \['synthetic', 'ml-100k', 'movielens', 'logs'\]",
         ),
         (
-            "model.name=bert4rec",
-            r"'model.name': 'bert4rec' is not one of \['intentrec', 'sasrec', 'gru4rec'\]",
+            "model.name=caser",
+            r"'model.name': 'caser' is not one of \['intentrec', 'sasrec', 'gru4rec', 'bert4rec', 'transact', 'next_intent'\]",
         ),
         ("seeds=[a]", r"command line: 'seeds' must be a list of non-negative integers"),
         ("nokeyvalue", r"override 'nokeyvalue' is not key=value"),
@@ -154,7 +154,18 @@ def test_experiment_files_say_what_the_paper_needs() -> None:
     assert (cfg["SASRec"].name, cfg["GRU4Rec"].name) == ("sasrec", "gru4rec")
     assert "V3_engagement" in ablation.skipped  # an ml-100k head, not labelled on synthetic
     on_ml = load_experiment("ablation_intent", ["data=ml-100k"])
-    assert set(on_ml.skipped) == {"V3_action_type", "V3_kind"} and "V3_engagement" in on_ml.variants
+    # The next-intent predictors monitor action-type accuracy: ml-100k has no action type.
+    predictors = {"GRU_intent", "LSTM_intent", "Transformer_intent"}
+    assert set(on_ml.skipped) == {"V3_action_type", "V3_kind", *predictors}
+    assert "V3_engagement" in on_ml.variants
+    comparators = {"TransAct": "transact", "BERT4Rec": "bert4rec"}
+    comparators.update(dict.fromkeys(predictors, "next_intent"))
+    assert {v: cfg[v].name for v in comparators} == comparators
+    assert [cfg[v].next_intent_encoder for v in sorted(predictors)] == [
+        "gru",
+        "lstm",
+        "transformer",
+    ]
 
     base = {r.variant: r.cfg.model for r in load_experiment("baselines", []).runs}
     assert [(base[v].name, base[v].sasrec_loss) for v in ("SASRec_CE", "SASRec_BCE")] == [
@@ -162,6 +173,10 @@ def test_experiment_files_say_what_the_paper_needs() -> None:
         ("sasrec", "bce"),
     ]
     assert (base["GRU4Rec"].name, base["IntentRec_V3"].name) == ("gru4rec", "intentrec")
+    assert {v: base[v].name for v in comparators} == comparators
+    nxt = load_experiment("next_intent", [])
+    assert {r.cfg.trainer.monitor for r in nxt.runs} == {"val/intent/action_type/accuracy"}
+    assert nxt.metrics[0] == "test/intent/action_type/accuracy"
 
     lam = load_experiment("lambda_sweep", [])
     weights = [r.cfg.loss.intent_weight for r in lam.runs if r.seed == 0]

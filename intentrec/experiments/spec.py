@@ -296,10 +296,8 @@ def _expand_variants(raw: DictConfig, where: str) -> dict[str, dict[str, Any]]:
 
 
 def intent_head_problem(cfg: DictConfig) -> str | None:
-    """Why ``model.intent_heads`` cannot run on ``data.name``; None when it can (or is unknown)."""
-    heads = cfg.model.intent_heads
-    if not heads:
-        return None
+    """Why ``model.intent_heads`` (or a ``trainer.monitor`` on an intent, as the next-intent
+    predictors have) cannot run on ``data.name``; None when it can (or is unknown)."""
     available = (
         tuple(cfg.data.intents)
         if cfg.data.intents is not None
@@ -307,13 +305,20 @@ def intent_head_problem(cfg: DictConfig) -> str | None:
     )
     if available is None:
         return None
+    heads = list(cfg.model.intent_heads or [])
     missing = [h for h in heads if h not in available]
-    if not missing:
-        return None
-    return (
-        f"model.intent_heads {missing} not among the intents of data '{cfg.data.name}' "
-        f"({', '.join(available)})"
-    )
+    if missing:
+        return (
+            f"model.intent_heads {missing} not among the intents of data '{cfg.data.name}' "
+            f"({', '.join(available)})"
+        )
+    monitor = str(cfg.trainer.monitor)
+    if monitor.startswith("val/intent/") and monitor.split("/")[2] not in available:
+        return (
+            f"trainer.monitor {monitor!r} names an intent not among those of data "
+            f"'{cfg.data.name}' ({', '.join(available)})"
+        )
+    return None
 
 
 def load_experiment(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Experiment:

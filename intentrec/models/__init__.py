@@ -1,7 +1,8 @@
 """Models: plain ``nn.Module``s sharing one interface.
 
 Every model has ``forward(batch) -> ModelOutput``, ``output_weights() -> (W, b | None)``
-(item scores = ``hidden @ W.T + b``, row 0 = padding), ``item_loss(loss_cfg) -> ItemLoss``
+(item scores = ``hidden @ W.T + b``, row 0 = padding; None for a model that predicts no
+items, whose ``item_loss`` is of kind ``none``), ``item_loss(loss_cfg) -> ItemLoss``
 (the objective the module computes for it), ``intent_names`` and ``name``.
 :func:`build_model` picks one from ``model.name``; :func:`resolve_variant` turns
 ``model.variant`` (V0..V3) into IntentRec's switches.
@@ -16,18 +17,24 @@ from torch import nn
 
 from intentrec.config import MODELS, ConfigError
 from intentrec.data.schema import DataSchema
+from intentrec.models.bert4rec import BERT4Rec
 from intentrec.models.gru4rec import GRU4Rec
 from intentrec.models.intentrec import IntentRec
 from intentrec.models.item_loss import ItemLoss
+from intentrec.models.next_intent import NextIntentPredictor
 from intentrec.models.output import ModelOutput
 from intentrec.models.sasrec import SASRec
+from intentrec.models.transact import TransAct
 
 __all__ = [
+    "BERT4Rec",
     "GRU4Rec",
     "IntentRec",
     "ItemLoss",
     "ModelOutput",
+    "NextIntentPredictor",
     "SASRec",
+    "TransAct",
     "VARIANTS",
     "build_model",
     "resolve_variant",
@@ -70,4 +77,10 @@ def build_model(model_cfg: Any, schema: DataSchema, max_len: int) -> nn.Module:
         return SASRec(model_cfg, schema, max_len)
     if name == "gru4rec":
         return GRU4Rec(model_cfg, schema, max_len)
+    if name == "bert4rec":
+        return BERT4Rec(model_cfg, schema, max_len)
+    if name == "transact":
+        return TransAct(model_cfg, schema, max_len)
+    if name == "next_intent":
+        return NextIntentPredictor(model_cfg, schema, max_len)
     raise ConfigError(f"config key 'model.name': {name!r} is not one of {list(MODELS)}")

@@ -17,9 +17,9 @@ def forward_flops_per_position(model: nn.Module, seq_len: int) -> int:
 
     Counted: every ``nn.Linear`` once (2 × weights); every attention layer's QKᵀ and AV
     over ``seq_len`` keys (4 · seq_len · d, no causal discount, as nanoGPT's estimate);
-    GRU gates (2 × recurrent and input weights; a one-hot input is a lookup, free); and
-    full-catalogue scoring (2 × the output table) unless that table is a Linear counted
-    already. Embedding lookups, norms and activations are free.
+    GRU and LSTM gates (2 × recurrent and input weights; a one-hot input is a lookup,
+    free); and full-catalogue scoring (2 × the output table) unless that table is a Linear
+    counted already or the model scores no items. Embedding lookups, norms and activations are free.
     """
     flops = 0
     linear_weights = []
@@ -33,7 +33,12 @@ def forward_flops_per_position(model: nn.Module, seq_len: int) -> int:
             flops += 2 * sum(w.numel() for name, w in module.named_parameters() if "weight" in name)
         elif isinstance(module, OneHotGRULayer):
             flops += 2 * module.weight_hh.numel()
-    weight, _ = model.output_weights()  # [num_items, d]
-    if not any(weight is w for w in linear_weights):
-        flops += 2 * weight.numel()
+        elif isinstance(module, nn.LSTM):
+            flops += 2 * sum(w.numel() for name, w in module.named_parameters() if "weight" in name)
+        elif isinstance(module, nn.MultiheadAttention):  # TransAct's library layers
+            # in_proj is a bare Parameter (3d x d), not an nn.Linear; out_proj is counted.
+            flops += 2 * module.in_proj_weight.numel() + 4 * seq_len * module.embed_dim
+    scoring = model.output_weights()  # (W [num_items, d], b) | None (no item prediction)
+    if scoring is not None and not any(scoring[0] is w for w in linear_weights):
+        flops += 2 * scoring[0].numel()
     return flops

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-ItemLossKind = Literal["full", "sampled", "bce"]
+ItemLossKind = Literal["full", "sampled", "bce", "none"]
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,9 @@ class ItemLoss:
     """The item objective of a model.
 
     kind: ``full`` softmax over the catalogue | ``sampled`` softmax over shared popularity
-        samples | ``bce`` one uniform negative per target (SASRec's original).
+        samples | ``bce`` one uniform negative per target (SASRec's original) | ``none``:
+        the model predicts no items (the next-intent predictors); the module then computes
+        no item loss and logs no item metrics (absent, not zero).
     n_sample, alpha, logq: ``sampled`` only: samples per step, drawn ~ count ** alpha, with
         logQ correction of strength ``logq``.
     in_batch: ``sampled`` only: the batch's other targets are negatives too (GRU4Rec's
@@ -40,6 +42,8 @@ class ItemLoss:
 
     def describe_negatives(self) -> str:
         """The negatives in words, for a run's protocol record."""
+        if self.kind == "none":
+            return "none (no item prediction: intent heads only)"
         if self.kind == "full":
             return "none (softmax over the full catalogue)"
         if self.kind == "bce":
