@@ -1,15 +1,21 @@
 """Evaluation figures: full-catalogue ranking with ``intentrec.metrics.target_ranks``.
 
 For a catalogue of V items (row 0 = padding) and d = 64, N random hidden states are ranked
-against every item (float64 dot products, pessimistic ties) in calls of ``per_call`` targets
-(the evaluation batch) with the configuration's default ``eval.chunk_size`` = 65536 items
-per step. One target per user, as in leave-last-out evaluation, so targets/s = users/s.
+against every item (pessimistic ties) in calls of ``per_call`` targets (the evaluation
+batch) with the configuration's default ``eval.chunk_size`` = 65536, once with each
+``eval.score_dtype``: ``float32`` (the default: a float32 GEMM that decides what its error
+bound proves, near-ties settled in float64) and ``float64`` (every score in float64: the
+reference, and the code every evaluation ran before float32 existed). One target per user,
+as in leave-last-out evaluation, so targets/s = users/s. The two dtypes' ranks are compared
+(``rank_differences``, expected 0).
 
-Memory: ``target_ranks`` holds about 13 bytes per (target, item) of a chunk (float64 +
-float32 scores and a comparison mask), so its bound is ``13 * per_call * min(chunk, V)``
-bytes. On CPU each catalogue size runs in its own process and reports the peak RSS above
-the RSS it had before the first ranking call (weights and hidden states already
-allocated); on CUDA, ``torch.cuda.max_memory_allocated`` above what was allocated before.
+Memory: ``float64`` holds about 13 bytes per (target, item) of a chunk (float64 + float32
+scores and a comparison mask), so its bound is ``13 * per_call * min(chunk, V)`` bytes;
+``float32`` holds two float32 blocks of ``rows x items`` (CPU: at most 256 x 1024, CUDA:
+``per_call x chunk``), so ``8 * rows * items`` bytes, plus a block of item vectors. On CPU
+each (catalogue, dtype) runs in its own process and reports the peak RSS above the RSS it
+had before the first ranking call (weights and hidden states already allocated); on CUDA,
+``torch.cuda.max_memory_allocated`` above what was allocated before.
 """
 
 from __future__ import annotations
@@ -31,14 +37,20 @@ from benchmarks.common import (
 
 D = 64
 CHUNK = 65_536  # eval.chunk_size default
-BYTES_PER_SCORE = 13  # float64 + float32 + bool per (target, item) of a chunk
+BYTES_PER_SCORE = {"float64": 13, "float32": 8}  # per (target, item) of a block
+DTYPES = ("float32", "float64")
 CPU_CATALOGUES = {2_000: 65_536, 50_000: 8_192}  # catalogue -> targets timed
 QUICK_CATALOGUES = {2_000: 1_024, 20_000: 512}
 CUDA_CATALOGUES = {2_000: 262_144, 50_000: 131_072, 1_000_000: 32_768}
 
 
 def rank_all(
-    catalogue: int, targets: int, per_call: int, device: str, warmup: bool = True
+    catalogue: int,
+    targets: int,
+    per_call: int,
+    device: str,
+    score_dtype: str = "float32",
+    warmup: bool = True,
 ) -> dict[str, Any]:
     """Time ranking ``targets`` random hidden states against ``catalogue`` items."""
     import torch
@@ -58,23 +70,45 @@ def rank_all(
         base = current_rss_bytes()
         reset_peak_rss()
 
-    def one_pass(limit: int) -> None:
+    def one_pass(limit: int) -> list[torch.Tensor]:
+        out = []
         for start in range(0, limit, per_call):
             stop = min(start + per_call, limit)
-            ranks = target_ranks(hidden[start:stop], weight, None, target_ids[start:stop], CHUNK)
-            assert int(ranks.min()) >= 1 and int(ranks.max()) <= catalogue - 1
+            ranks = target_ranks(
+                hidden[start:stop],
+                weight,
+                None,
+                target_ids[start:stop],
+                CHUNK,
+                score_dtype=score_dtype,
+            )
+            out.append(ranks)
+        return out
 
     if warmup:
         one_pass(min(per_call, targets))
     if cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
-    one_pass(targets)
+    ranks = torch.cat(one_pass(targets))
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak = (torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()) - base
-    return {"seconds": seconds, "targets": targets, "peak_delta": max(int(peak), 0)}
+    assert int(ranks.min()) >= 1 and int(ranks.max()) <= catalogue - 1
+    return {
+        "seconds": seconds,
+        "targets": targets,
+        "peak_delta": max(int(peak), 0),
+        "ranks": ranks.cpu().tolist(),
+    }
+
+
+def _block(device: str, per_call: int, chunk: int) -> tuple[int, int]:
+    """(rows, items) of a float32 block, as ``intentrec.ranking`` sizes it."""
+    from intentrec.ranking import _block_sizes
+
+    return _block_sizes(per_call, chunk + 1, CHUNK, device == "cuda")
 
 
 def run(rep: Reporter, device: str, quick: bool) -> None:
@@ -86,48 +120,62 @@ def run(rep: Reporter, device: str, quick: bool) -> None:
         catalogues, per_call = (QUICK_CATALOGUES if quick else CPU_CATALOGUES), 512
     for catalogue, targets in catalogues.items():
         label = human_count(catalogue)
-        log(f"eval: rank {targets:,} targets against {catalogue:,} items")
-        try:
-            if device == "cuda":
-                r = rank_all(catalogue, targets, per_call, device)
-            else:  # own process: peak RSS of this size alone
-                r = run_worker(
-                    "benchmarks.eval_bench",
-                    {
-                        "catalogue": catalogue,
-                        "targets": targets,
-                        "per_call": per_call,
-                        "threads": torch.get_num_threads(),
-                    },
-                )
-        except Exception as err:  # noqa: BLE001 - one size failing must not stop the rest
-            rep.error("eval", f"eval/{label}", err)
-            continue
         chunk = min(CHUNK, catalogue - 1)
-        params = {
-            "catalogue": catalogue,
-            "d": D,
-            "targets": targets,
-            "per_call": per_call,
-            "chunk": chunk,
-        }
-        rep.emit("eval", f"eval/{label}/targets_per_s", targets / r["seconds"], "targets/s", params)
-        rep.emit(
-            "eval",
-            f"eval/{label}/item_scores_per_s",
-            targets * (catalogue - 1) / r["seconds"] / 1e9,
-            "G scores/s",
-            params,
-        )
-        rep.emit(
-            "eval",
-            f"eval/{label}/mem_bound",
-            BYTES_PER_SCORE * per_call * chunk / 2**20,
-            "MiB",
-            params,
-        )
-        what = "cuda_peak" if device == "cuda" else "rss_delta"
-        rep.emit("eval", f"eval/{label}/{what}", r["peak_delta"] / 2**20, "MiB", params)
+        results: dict[str, dict[str, Any]] = {}
+        for dtype in DTYPES:
+            log(f"eval: rank {targets:,} targets against {catalogue:,} items ({dtype})")
+            key = f"eval/{label}" if dtype == "float32" else f"eval/{label}/{dtype}"
+            try:
+                if device == "cuda":
+                    r = rank_all(catalogue, targets, per_call, device, dtype)
+                else:  # own process: peak RSS of this size alone
+                    r = run_worker(
+                        "benchmarks.eval_bench",
+                        {
+                            "catalogue": catalogue,
+                            "targets": targets,
+                            "per_call": per_call,
+                            "threads": torch.get_num_threads(),
+                            "score_dtype": dtype,
+                        },
+                    )
+            except Exception as err:  # noqa: BLE001 - one size failing must not stop the rest
+                rep.error("eval", key, err)
+                continue
+            results[dtype] = r
+            if dtype == "float32":
+                rows, items = _block(device, per_call, chunk)
+            else:
+                rows, items = per_call, chunk
+            params = {
+                "catalogue": catalogue,
+                "d": D,
+                "targets": targets,
+                "per_call": per_call,
+                "chunk": chunk,
+                "score_dtype": dtype,
+                "block": [rows, items],
+            }
+            rate = targets / r["seconds"]
+            rep.emit("eval", f"{key}/targets_per_s", rate, "targets/s", params)
+            scores_per_s = targets * (catalogue - 1) / r["seconds"] / 1e9
+            rep.emit("eval", f"{key}/item_scores_per_s", scores_per_s, "G scores/s", params)
+            bound = BYTES_PER_SCORE[dtype] * rows * items / 2**20
+            rep.emit("eval", f"{key}/mem_bound", bound, "MiB", params)
+            what = "cuda_peak" if device == "cuda" else "rss_delta"
+            rep.emit("eval", f"{key}/{what}", r["peak_delta"] / 2**20, "MiB", params)
+        if len(results) == len(DTYPES):
+            fast, reference = results["float32"], results["float64"]
+            params = {"catalogue": catalogue, "d": D, "targets": targets, "per_call": per_call}
+            rep.emit(
+                "eval",
+                f"eval/{label}/float32_vs_float64",
+                reference["seconds"] / fast["seconds"],
+                "x float64 targets/s",
+                params,
+            )
+            differences = sum(a != b for a, b in zip(fast["ranks"], reference["ranks"]))
+            rep.emit("eval", f"eval/{label}/rank_differences", differences, "targets", params)
 
 
 if __name__ == "__main__":
@@ -135,5 +183,11 @@ if __name__ == "__main__":
     import torch
 
     torch.set_num_threads(int(args.get("threads", torch.get_num_threads())))
-    result = rank_all(int(args["catalogue"]), int(args["targets"]), int(args["per_call"]), "cpu")
+    result = rank_all(
+        int(args["catalogue"]),
+        int(args["targets"]),
+        int(args["per_call"]),
+        "cpu",
+        str(args.get("score_dtype", "float32")),
+    )
     print(json.dumps(result), flush=True)

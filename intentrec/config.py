@@ -233,6 +233,10 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
     filter_seen: bool = False  # drop items already in the input window from the ranking
     chunk_size: int = 65536  # catalogue chunk for scoring (bounds memory)
+    # float32: a float32 GEMM decides what an error bound proves, near-ties are settled in
+    # float64 (intentrec.ranking); float64: every score in float64, the slower reference.
+    # Both give the same ranks (tests/test_metrics.py checks 0 differences at 50k items).
+    score_dtype: str = "float32"  # float32 | float64
     # Write every target's (event, user, rank) to targets_<stage>.npz in the run folder, so
     # summaries can put bootstrap intervals over users on differences without a re-run.
     save_per_target: bool = True
@@ -280,6 +284,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "loss.item_loss": ("full", "sampled"),
     "loss.multi_label_reduction": ("sum", "mean"),
     "loss.weighting": ("fixed", "uncertainty"),
+    "eval.score_dtype": ("float32", "float64"),
     "model.time_features": ("both", "inputs", "encoding"),
     "model.block": ("gpt", "sasrec"),
     "model.input_projection": ("linear_norm", "scaled"),

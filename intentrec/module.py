@@ -432,6 +432,7 @@ class IntentRecModule(pl.LightningModule):
             chunk_size=self.cfg.eval.chunk_size,
             exclude=exclude,
             score_fn=self._score_fn(),
+            score_dtype=self.cfg.eval.score_dtype,
         )
         self.ranking[stage].update(ranks)
         if self.cfg.eval.save_per_target:

@@ -58,7 +58,13 @@ def preflight(cfg: DictConfig, *, train: bool = True) -> int:
     if cfg.model.name == "gru4rec":
         from intentrec.models.gru4rec import parse_final_activation
 
-        parse_final_activation(cfg.model.gru_final_act)
+        kind, param = parse_final_activation(cfg.model.gru_final_act)
+        if kind in ("elu", "leaky") and param < 0 and cfg.eval.score_dtype == "float32":
+            # A decreasing part breaks the threshold comparison of the float32 ranking.
+            raise ConfigError(
+                f"config key 'eval.score_dtype': float32 ranking needs a non-decreasing "
+                f"model.gru_final_act, got {cfg.model.gru_final_act!r}; use float64"
+            )
     _check_accelerator(str(cfg.trainer.accelerator))
     _check_devices(cfg.trainer.devices, str(cfg.trainer.accelerator))
     world_size = _lightning_world_size(cfg)

@@ -41,6 +41,7 @@ RESULT_NEUTRAL_KEYS = (
     "data.cache_dir",
     "data.eval_batch_size",
     "eval.chunk_size",
+    "eval.score_dtype",  # same ranks either way (tests/test_metrics.py)
     "eval.save_per_target",
     "loss.grad_norm_every",
 )

@@ -79,6 +79,10 @@ def train_single(tmp_path: Path, tiny_cache: Path, *extra: str) -> int:
             "world size 4 (trainer.devices=2 x trainer.num_nodes=2",
         ),
         (("model.name=gru4rec", "model.gru_final_act=softplus"), "'model.gru_final_act'"),
+        (
+            ("model.name=gru4rec", "model.gru_final_act=leaky--0.5"),
+            "config key 'eval.score_dtype': float32 ranking needs a non-decreasing",
+        ),
     ],
 )
 def test_preflight_refuses_before_a_run_folder_exists(

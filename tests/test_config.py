@@ -245,6 +245,10 @@ def test_experiment_files_say_what_the_paper_needs() -> None:
         ("eval.ks=[]", "config key 'eval.ks': must be a non-empty list, got []"),
         ("eval.ks=[0,10]", "config key 'eval.ks[0]': must be >= 1, got 0"),
         ("eval.chunk_size=0", "config key 'eval.chunk_size': must be >= 1, got 0"),
+        (
+            "eval.score_dtype=float16",
+            "config key 'eval.score_dtype': 'float16' is not one of ['float32', 'float64']",
+        ),
         ("trainer.max_epochs=0", "config key 'trainer.max_epochs': must be >= 1, got 0"),
         ("trainer.patience=-1", "config key 'trainer.patience': must be >= 0, got -1"),
         ("trainer.num_nodes=0", "config key 'trainer.num_nodes': must be >= 1, got 0"),

@@ -144,15 +144,113 @@ def test_exclude_everything_ahead_gives_rank_one() -> None:
 def test_score_fn_applies_to_target_and_catalogue() -> None:
     hidden, weight, bias, targets = _random_problem(30, 200, seed=6)
     plain = target_ranks(hidden, weight, bias, targets, chunk_size=50)
-    flipped = target_ranks(hidden, weight, bias, targets, chunk_size=50, score_fn=torch.neg)
+    flipped = target_ranks(
+        hidden, weight, bias, targets, chunk_size=50, score_fn=torch.neg, score_dtype="float64"
+    )
     assert torch.equal(flipped, 199 + 1 - plain)  # order reversed, no ties
+    # The float32 path compares through a threshold: it refuses a decreasing score_fn.
+    with pytest.raises(ValueError, match="non-decreasing score_fn"):
+        target_ranks(hidden, weight, bias, targets, chunk_size=50, score_fn=torch.neg)
     # A saturating activation creates real ties: everything saturated ties with the target.
     hidden_big = hidden * 1e4
     scores = (hidden_big.double() @ weight.double().T + bias.double()).float().tanh()  # [N, V]
     expected = _reference_ranks(scores, targets)
-    tanh_ranks = target_ranks(hidden_big, weight, bias, targets, chunk_size=50, score_fn=torch.tanh)
-    assert torch.equal(tanh_ranks, expected)
+    for dtype in ("float32", "float64"):
+        tanh_ranks = target_ranks(
+            hidden_big, weight, bias, targets, 50, score_fn=torch.tanh, score_dtype=dtype
+        )
+        assert torch.equal(tanh_ranks, expected)
     assert bool((tanh_ranks > plain).any())
+
+
+def _both_dtypes(*args, **kwargs) -> Tensor:
+    """target_ranks in float32 (default), after checking it equals the float64 path."""
+    fast = target_ranks(*args, **kwargs)
+    reference = target_ranks(*args, **kwargs, score_dtype="float64")
+    assert torch.equal(fast, reference), (fast != reference).nonzero()[:5]
+    return fast
+
+
+def test_float32_ranks_equal_float64_at_50k_items_for_any_chunk_and_batch() -> None:
+    """The issue's check: 0 rank differences against the float64 path at 50k items.
+
+    The float32 path decides by float32 only what an error bound proves and settles the
+    near-ties in float64, so equality is by construction, not luck: plain float32 GEMM
+    ranks differ from float64 for about 1 target in 2000 here (near-ties within an ulp).
+    """
+    hidden, weight, bias, targets = _random_problem(1024, 50_000, d=64, seed=11)
+    reference = target_ranks(hidden, weight, bias, targets, 65_536, score_dtype="float64")
+    for chunk in (65_536, 1_000, 300):
+        ranks = target_ranks(hidden, weight, bias, targets, chunk_size=chunk)
+        assert int((ranks != reference).sum()) == 0, chunk
+    splits = [1, 511, 512]
+    parts = [
+        target_ranks(h, weight, bias, t, chunk_size=4096)
+        for h, t in zip(hidden.split(splits), targets.split(splits))
+    ]
+    assert torch.equal(torch.cat(parts), reference)
+
+
+def test_float32_near_ties_and_duplicates_across_chunks() -> None:
+    """Items an ulp or two from the target, and exact copies, on both sides of chunk edges."""
+    g = torch.Generator().manual_seed(12)
+    n, num_ids, d = 40, 3000, 32
+    hidden = torch.randn(n, d, generator=g)
+    weight = torch.randn(num_ids, d, generator=g)
+    bias = torch.randn(num_ids, generator=g) * 0.1
+    targets = torch.randint(1, num_ids, (n,), generator=g)
+    # Per row: copies of the target's vector and bias, and vectors nudged along the row's
+    # hidden state by a few float32 ulps of the target's score (near-ties).
+    for row in range(n):
+        t = int(targets[row])
+        h = hidden[row]
+        score = float(h @ weight[t] + bias[t])
+        for k, j in enumerate(range(row * 60 + 1, row * 60 + 31)):
+            if j == t:
+                continue
+            nudge = (k - 15) * 2e-7 * max(abs(score), 1.0) / float(h @ h)
+            weight[j] = weight[t] + nudge * h
+            bias[j] = bias[t]
+        for j in (255, 256, 257, 1023, 1024, 2999):  # copies next to block edges
+            if j != t and row % 3 == 0:
+                weight[j], bias[j] = weight[t], bias[t]
+    reference = _both_dtypes(hidden, weight, bias, targets, chunk_size=65_536)
+    for chunk in (1, 256, 1000):
+        assert torch.equal(target_ranks(hidden, weight, bias, targets, chunk_size=chunk), reference)
+
+
+@pytest.mark.parametrize(
+    "score_fn",
+    [
+        torch.tanh,
+        torch.relu,
+        lambda x: torch.nn.functional.leaky_relu(x, 0.01),
+        lambda x: torch.nn.functional.elu(x, 0.5),
+    ],
+    ids=["tanh", "relu", "leaky_relu", "elu"],
+)
+def test_float32_equals_float64_with_gru4rec_activations(score_fn) -> None:
+    """Saturation ties (tanh -> 1, relu -> 0, elu -> -alpha) count against the target."""
+    hidden, weight, bias, targets = _random_problem(64, 2000, d=16, seed=13)
+    hidden = hidden * 3.0  # many saturated scores
+    reference = _both_dtypes(hidden, weight, bias, targets, chunk_size=700, score_fn=score_fn)
+    again = target_ranks(hidden, weight, bias, targets, chunk_size=256, score_fn=score_fn)
+    assert torch.equal(again, reference)
+
+
+def test_float32_all_scores_equal_and_infinite_inputs() -> None:
+    hidden = torch.zeros(5, 8)  # every item scores 0: all tie with the target
+    weight = torch.randn(600, 8, generator=torch.Generator().manual_seed(14))
+    targets = torch.tensor([1, 2, 300, 598, 599])
+    assert target_ranks(hidden, weight, None, targets, chunk_size=256).tolist() == [599] * 5
+    exclude = torch.tensor([[3, 4, 0]] * 5)
+    assert target_ranks(hidden, weight, None, targets, 256, exclude=exclude).tolist() == [597] * 5
+    # An infinite hidden value has no error bound: the float64 path ranks it, same result.
+    hidden, weight, bias, targets = _random_problem(10, 300, seed=15)
+    hidden[2, 0] = float("inf")
+    _both_dtypes(hidden, weight, bias, targets, chunk_size=100)
+    with pytest.raises(ValueError, match="score_dtype must be one of"):
+        target_ranks(hidden, weight, bias, targets, chunk_size=100, score_dtype="float16")
 
 
 def test_nan_scores_raise() -> None:
