@@ -184,6 +184,24 @@ class MultiHeadAttention(nn.Module):
         return self.out(y)  # [B, L, d]
 
 
+def normal_init(model: nn.Module) -> None:
+    """IntentRec's initialisation: normal(0.02) Linears with zero biases, embeddings
+    normal(1/sqrt(dim)) with the padding row zeroed.
+
+    Unit-norm-ish embedding vectors, so that in F_k no embedding drowns the ~[0, 1] numeric
+    columns (or is drowned by them) before the input projection. Recurrent layers keep
+    PyTorch's own initialisation.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=module.embedding_dim**-0.5)
+            if module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+
+
 def xavier_init(model: nn.Module) -> None:
     """SASRec's initialisation (the TF code's default glorot) of every module of ``model``.
 

@@ -116,6 +116,7 @@ from intentrec.models.blocks import (
     TransformerEncoder,
     additive_mask,
     attention_mask,
+    normal_init,
     xavier_init,
 )
 from intentrec.models.features import TIME_FEATURES, FeatureEmbedding
@@ -335,16 +336,7 @@ class IntentRec(nn.Module):
         if self.init == "xavier":  # SASRec's (model.init); the item bias stays at zero
             xavier_init(self)
             return
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                # Unit-norm-ish vectors, so that in F_k no embedding drowns the ~[0, 1]
-                # numeric columns (or is drowned by them) before the input projection.
-                nn.init.normal_(module.weight, std=module.embedding_dim**-0.5)
-                if module.padding_idx is not None:
-                    module.weight.data[module.padding_idx].zero_()
+        normal_init(self)
 
     def forward(self, batch: dict[str, Tensor]) -> ModelOutput:
         return self.forward_internals(batch)[0]

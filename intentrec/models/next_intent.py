@@ -35,7 +35,13 @@ from torch import Tensor, nn
 from intentrec import batch as B
 from intentrec.config import ConfigError, ModelConfig
 from intentrec.data.schema import DataSchema
-from intentrec.models.blocks import Dropout, additive_mask, attention_mask, left_padding_lengths
+from intentrec.models.blocks import (
+    Dropout,
+    additive_mask,
+    attention_mask,
+    left_padding_lengths,
+    normal_init,
+)
 from intentrec.models.features import TIME_FEATURES, FeatureEmbedding
 from intentrec.models.intentrec import SequenceEncoder, select_intent_heads
 from intentrec.models.item_loss import ItemLoss
@@ -112,14 +118,7 @@ class NextIntentPredictor(nn.Module):
 
     def reset_parameters(self) -> None:
         """IntentRec's init for Linears and embeddings; recurrent layers keep PyTorch's."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=module.embedding_dim**-0.5)
-                if module.padding_idx is not None:
-                    module.weight.data[module.padding_idx].zero_()
+        normal_init(self)
 
     def forward(self, batch: dict[str, Tensor]) -> ModelOutput:
         padding_mask = batch[B.PADDING_MASK]  # [B, L]
