@@ -312,6 +312,29 @@ def print_table(records: list[dict[str, Any]], notes: list[str]) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# Synthetic data of a given size
+# ---------------------------------------------------------------------------------------
+SYNTHETIC_EVENTS_PER_USER = 60  # the defaults' mean events per user
+
+
+def synthetic_size(events: int) -> int:
+    """Users for about ``events`` synthetic events at the default events per user."""
+    return max(1, round(events / SYNTHETIC_EVENTS_PER_USER))
+
+
+def synthetic_overrides(events: int, items: int, cache_dir: Path) -> list[str]:
+    """Config overrides for synthetic data of about ``events`` events over ``items`` items,
+    cached in ``cache_dir`` (a fresh folder, so nothing is reused between sizes)."""
+    return [
+        "data.name=synthetic",
+        f"data.synthetic.users={synthetic_size(events)}",
+        f"data.synthetic.items={items}",
+        f"data.synthetic.events_per_user={SYNTHETIC_EVENTS_PER_USER}",
+        f"data.cache_dir={cache_dir}",
+    ]
+
+
+# ---------------------------------------------------------------------------------------
 # Timing and memory
 # ---------------------------------------------------------------------------------------
 def time_steps(

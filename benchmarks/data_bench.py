@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
+    SYNTHETIC_EVENTS_PER_USER,
     Reporter,
     current_rss_bytes,
     human_count,
@@ -31,9 +32,10 @@ from benchmarks.common import (
     peak_rss_bytes,
     reset_peak_rss,
     run_worker,
+    synthetic_overrides,
+    synthetic_size,
 )
 
-EVENTS_PER_USER = 60  # the defaults' mean events per user
 ITEMS = 10_000  # fixed catalogue, so the sizes differ in events only
 DEFAULT_SIZES = (1_000_000, 10_000_000)
 QUICK_SIZES = (20_000, 100_000)
@@ -49,18 +51,10 @@ def worker(args: dict[str, Any]) -> dict[str, Any]:
     base_rss = current_rss_bytes()  # after imports: what the data itself adds is on top
     peak_reset = reset_peak_rss()  # so the imports' transient peak is not counted
     events = int(args["events"])
-    users = max(1, round(events / EVENTS_PER_USER))
+    users = synthetic_size(events)
     cache = Path(tempfile.mkdtemp(prefix="bench-data-", dir=args.get("tmp")))
     try:
-        cfg = load(
-            overrides=[
-                "data.name=synthetic",
-                f"data.synthetic.users={users}",
-                f"data.synthetic.items={int(args.get('items', ITEMS))}",
-                f"data.synthetic.events_per_user={EVENTS_PER_USER}",
-                f"data.cache_dir={cache}",
-            ]
-        ).data
+        cfg = load(overrides=synthetic_overrides(events, int(args.get("items", ITEMS)), cache)).data
         start = time.perf_counter()
         raw = generate(_synthetic_config(cfg.synthetic), int(cfg.seed))
         generated = time.perf_counter()
@@ -111,7 +105,7 @@ def run(rep: Reporter, sizes: list[int] | None, quick: bool, tmp: str | None = N
             "events": n,
             "users": r["users"],
             "items": r["items"],
-            "events_per_user": EVENTS_PER_USER,
+            "events_per_user": SYNTHETIC_EVENTS_PER_USER,
             "polars_threads": r["polars_threads"],
         }
         total = r["generate_s"] + r["pipeline_s"]

@@ -29,9 +29,9 @@ from benchmarks.common import (
     peak_rss_bytes,
     reset_peak_rss,
     run_worker,
+    synthetic_overrides,
 )
 
-EVENTS_PER_USER = 60
 ITEMS = 10_000
 K = 100
 BATCH = 256
@@ -53,18 +53,10 @@ def worker(args: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(int(args.get("threads") or torch.get_num_threads()))
     events = int(args["events"])
-    users = max(1, round(events / EVENTS_PER_USER))
     tmp = Path(tempfile.mkdtemp(prefix="bench-recommend-", dir=args.get("tmp")))
     try:
         cfg = load(
-            overrides=[
-                "data.name=synthetic",
-                f"data.synthetic.users={users}",
-                f"data.synthetic.items={ITEMS}",
-                f"data.synthetic.events_per_user={EVENTS_PER_USER}",
-                f"data.cache_dir={tmp / 'cache'}",
-                *MODELS[args["model"]],
-            ]
+            overrides=[*synthetic_overrides(events, ITEMS, tmp / "cache"), *MODELS[args["model"]]]
         )
         dm = IntentRecDataModule(cfg)
         dm.prepare_data()
