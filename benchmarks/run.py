@@ -44,6 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--runs", default="runs", help="quality: where `make train` wrote its runs")
     parser.add_argument(
+        "--train-quality",
+        action="store_true",
+        help="quality: first train experiments/quality_ml100k.yaml into --runs (minutes)",
+    )
+    parser.add_argument(
         "--append",
         action="store_true",
         help="add to DIR/results.jsonl instead of starting it afresh (tables show all of it)",
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             elif section == "quality":
                 from benchmarks import quality
 
-                quality.run(rep, args.runs)
+                quality.run(rep, args.runs, train=args.train_quality)
             elif section == "mfu":
                 if args.device != "cuda":
                     rep.note("mfu: skipped (needs --device cuda)")

@@ -60,7 +60,7 @@ EXPECTED = [
     ),
     *(
         f"quality/{model}/{what}"
-        for model in ("sasrec", "gru4rec")
+        for model in ("sasrec", "gru4rec", "sasrec_fast")
         for what in (
             "test_ndcg@10",
             "reached_reference",
@@ -76,13 +76,15 @@ EXPECTED = [
 
 
 def _fake_reference_runs(runs: Path) -> None:
-    """metrics.json of two SASRec seeds and one GRU4Rec seed, as `train_run` writes them."""
-    for variant, seed, ndcg, train_s, best in (
-        ("SASRec", 0, 0.056, 300.0, 20),
-        ("SASRec", 1, 0.054, 320.0, 22),
-        ("GRU4Rec", 0, 0.060, 200.0, 9),
+    """metrics.json of two SASRec seeds, one GRU4Rec seed (reference_ml100k) and one
+    SASRec_fast seed (quality_ml100k), as `train_run` writes them."""
+    for experiment, variant, seed, ndcg, train_s, best in (
+        ("reference_ml100k", "SASRec", 0, 0.056, 300.0, 20),
+        ("reference_ml100k", "SASRec", 1, 0.054, 320.0, 22),
+        ("reference_ml100k", "GRU4Rec", 0, 0.060, 200.0, 9),
+        ("quality_ml100k", "SASRec_fast", 0, 0.057, 90.0, 12),
     ):
-        folder = runs / "reference_ml100k" / variant / f"seed{seed}"
+        folder = runs / experiment / variant / f"seed{seed}"
         folder.mkdir(parents=True)
         metrics = {
             "test/item/ndcg@10": ndcg,
@@ -178,6 +180,9 @@ def test_quick_run_values_are_sane(quick_run) -> None:
     assert by_name["quality/gru4rec/reached_reference"]["value"] == 0
     assert by_name["quality/sasrec/train_s_vs_recbole"]["value"] == pytest.approx(310 / 780)
     assert by_name["quality/gru4rec/time_to_best_s"]["value"] == pytest.approx(200 / 20 * 10)
+    # The training choices for speed are read from their own experiment, same reference.
+    assert by_name["quality/sasrec_fast/train_s_vs_recbole"]["value"] == pytest.approx(90 / 780)
+    assert by_name["quality/sasrec_fast/reached_reference"]["value"] == 1
 
 
 def test_quick_run_writes_jsonl_and_markdown(quick_run) -> None:
@@ -196,6 +201,31 @@ def test_quality_without_runs_is_a_note(tmp_path: Path) -> None:
     assert rep.records == []
     assert rep.notes == [quality.NO_RUNS]
     assert "make train EXP=reference_ml100k" in quality.NO_RUNS
+
+
+def test_train_quality_trains_the_shipped_experiment_into_the_runs_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--train-quality runs experiments/quality_ml100k.yaml (every seed) into --runs."""
+    from intentrec.experiments import runner
+
+    trained = []
+
+    def fake_run_experiment(exp, **kwargs):
+        trained.append(exp)
+        _fake_reference_runs(tmp_path / "runs")  # what the training would have written
+        return exp.summary_path
+
+    monkeypatch.setattr(runner, "run_experiment", fake_run_experiment)
+    rep = Reporter(tmp_path / "out")
+    quality.run(rep, tmp_path / "runs", train=True)
+    (exp,) = trained
+    assert exp.name == "quality_ml100k" and len(exp.seeds) >= 3
+    assert {run.variant for run in exp.runs} == {"SASRec_fast"}
+    assert all(run.cfg.out_dir == str(tmp_path / "runs") for run in exp.runs)
+    assert all(run.cfg.data.split == "leave_last_out" for run in exp.runs)  # same protocol
+    names = {r["name"] for r in rep.records}
+    assert "quality/sasrec_fast/train_s_vs_recbole" in names
 
 
 def test_mfu_code_path_on_cpu_at_toy_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
