@@ -187,11 +187,12 @@ class IntentRecModule(pl.LightningModule):
     def item_loss(self, hidden: Tensor, targets: Tensor) -> Tensor:
         """Per-target item loss. hidden: [N, d], targets: [N] -> [N]."""
         kind = self.item_loss_name()
+        smoothing = self.cfg.loss.label_smoothing
         if kind == "full":
-            logits = self.full_scores(hidden)  # [N, V]
-            return F.cross_entropy(
-                logits, targets, reduction="none", label_smoothing=self.cfg.loss.label_smoothing
-            )
+            # Classes are items 1..V-1: with the -inf padding column kept, label smoothing
+            # would put eps / V of the target mass on it and make every loss infinite.
+            logits = self.full_scores(hidden)[:, 1:]  # [N, V - 1]
+            return F.cross_entropy(logits, targets - 1, reduction="none", label_smoothing=smoothing)
         weight, bias = self.model.output_weights()
         if kind == "bce":
             # SASRec's original objective: one uniformly sampled negative per position
