@@ -208,7 +208,7 @@ def test_uncertainty_weighting_is_a_module_parameter_the_optimiser_sees() -> Non
 
 def test_label_smoothing_spreads_over_the_real_items_only(setup) -> None:
     """eps / (V - 1) on each of items 1..V-1, none on padding: a finite loss (the padding
-    column's -inf score once made every smoothed loss infinite)."""
+    column's -inf score once made every smoothed loss infinite), and the chunked softmax's."""
     module, hidden, _, batch = setup
     module.cfg.loss.label_smoothing = 0.1
     parts = module.compute_losses(batch, module.model(batch))
@@ -222,3 +222,6 @@ def test_label_smoothing_spreads_over_the_real_items_only(setup) -> None:
         num, den = num + w * loss, den + w
     assert math.isfinite(parts["item"].item())
     assert parts["item"].item() == pytest.approx(num / den, rel=1e-5)
+    module.item_objective = ItemLoss("full_chunked", chunk=3)
+    chunked = module.compute_losses(batch, module.model(batch))
+    assert chunked["item"].item() == pytest.approx(parts["item"].item(), rel=1e-6)
