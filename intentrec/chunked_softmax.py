@@ -47,9 +47,8 @@ def _chunk_logits(
     hidden: Tensor, weight: Tensor, bias: Tensor | None, score_fn: ScoreFn | None
 ) -> tuple[Tensor, Tensor]:
     """(pre-activation u, scores z = score_fn(u)) of one chunk: [N, c] each."""
-    u = hidden @ weight.T
-    if bias is not None:
-        u = u + bias
+    # addmm: the bias joins inside the GEMM, so no second [N, c] block is made for it.
+    u = hidden @ weight.T if bias is None else torch.addmm(bias, hidden, weight.T)
     return u, (u if score_fn is None else score_fn(u))
 
 
@@ -83,12 +82,12 @@ class _ChunkedLogSumExp(torch.autograd.Function):
             _, z = _chunk_logits(hidden, weight[start:stop], b, score_fn)
             z = z.to(acc)  # [N, c]
             new_max = torch.maximum(running_max, z.max(dim=1).values)
-            running_sum = running_sum * torch.exp(running_max - new_max) + torch.exp(
-                z - new_max.unsqueeze(1)
-            ).sum(dim=1)
-            running_max = new_max
             if with_sum:
                 z_total = z_total + z.sum(dim=1)
+            shifted = (z - new_max.unsqueeze(1)).exp_()  # in place: one more block, not two
+            running_sum = running_sum * torch.exp(running_max - new_max) + shifted.sum(dim=1)
+            running_max = new_max
+            del z, shifted
         lse = running_max + torch.log(running_sum)  # [N]
         ctx.save_for_backward(hidden, weight, bias, lse)
         ctx.chunk, ctx.score_fn = chunk, score_fn
@@ -133,11 +132,11 @@ class _ChunkedLogSumExp(torch.autograd.Function):
                     with torch.enable_grad():
                         u = u.detach().requires_grad_()
                         z = score_fn(u)
-                # dL/dz_c = g_lse * softmax_c + g_sum   [N, c]
+                # dL/dz_c = g_lse * softmax_c + g_sum   [N, c], in place on one new block
                 if g_lse is not None:
-                    grad_z = g_lse * torch.exp(z.detach().to(acc) - lse.unsqueeze(1))
+                    grad_z = (z.detach().to(acc) - lse.unsqueeze(1)).exp_().mul_(g_lse)
                     if g_sum is not None:
-                        grad_z = grad_z + g_sum
+                        grad_z.add_(g_sum)
                 else:
                     grad_z = g_sum.expand(z.shape)
                 if score_fn is None:
