@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("data", "train", "eval", "recommend", "quality", "mfu")
+SECTIONS = ("data", "train", "eval", "loss", "recommend", "quality", "mfu")
 
 # Dense bf16 tensor-core peak (TFLOP/s, no sparsity) by a substring of the device name.
 # H100 SXM and H200 share the same compute (989.4 TFLOP/s); H100 PCIe is lower.
