@@ -97,6 +97,10 @@ class Reporter:
         if not self.append:
             self.jsonl.write_text("")
             self.notes_file.unlink(missing_ok=True)
+        else:
+            # An appending run that measures nothing (mfu without CUDA, gpu.sh's first
+            # section) still leaves a results.jsonl for its summary to read.
+            self.jsonl.touch()
         self.device_name = device_name(self.device)
 
     def emit(

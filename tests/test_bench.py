@@ -271,3 +271,39 @@ def test_cli_rejects_unknown_section() -> None:
         timeout=60,
     )
     assert proc.returncode == 2 and "unknown section" in proc.stderr
+
+
+@pytest.mark.slow  # every quick section in its own process: 66 s on 2 loaded cores
+def test_gpu_script_runs_every_section_on_cpu(tmp_path: Path) -> None:
+    """benchmarks/gpu.sh in its CPU smoke mode: exit 0, figures of every section it runs
+    (mfu needs CUDA: a note, not a failure), the summary files written."""
+    runs = tmp_path / "runs"
+    _fake_reference_runs(runs)
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "BENCH_QUICK": "1",
+        "BENCH_DEVICE": "cpu",
+        "BENCH_NO_INSTALL": "1",
+        "BENCH_BUDGET_S": "400",
+        "BENCH_RUNS": str(runs),
+        "PYTHON": sys.executable,
+        "PYTHONPATH": str(REPO),
+    }
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu.sh", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=600,
+    )
+    log = (out / "log.txt").read_text() if (out / "log.txt").exists() else ""
+    assert proc.returncode == 0, (proc.stderr + log)[-3000:]
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["section"] for r in records} == {"train", "eval", "loss", "data", "quality"}
+    assert not [r for r in records if r.get("error")]
+    assert all(r["device"] == "cpu" and r["quick"] is True for r in records)
+    assert "mfu: skipped (needs --device cuda)" in (out / "notes.txt").read_text()
+    md = (out / "results.md").read_text()
+    assert "## loss" in md and "| loss/20k/full_chunked/ms_per_step |" in md
