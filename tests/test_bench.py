@@ -180,7 +180,7 @@ def test_quick_run_values_are_sane(quick_run) -> None:
     assert full_block["value"] == pytest.approx(4 * targets * 19_999 / 2**20, rel=1e-4)
     chunked_block = by_name["loss/20k/full_chunked/logit_block"]
     assert chunked_block["value"] == pytest.approx(4 * targets * chunk / 2**20, rel=1e-4)
-    assert chunked_block["params"]["chunk"] == chunk and "chunk" not in full_block["params"]
+    assert chunked_block["params"]["chunk"] == chunk and full_block["params"]["chunk"] is None
     assert by_name["loss/20k/full/rss_delta"]["value"] > full_block["value"]
     assert by_name["loss/20k/loss_difference"]["value"] < 1e-4
     for kind in loss_bench.KINDS:
