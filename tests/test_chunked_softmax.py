@@ -138,7 +138,7 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="peak memory is measured on CUDA")
 def test_cuda_peak_memory_is_bounded_by_the_chunk() -> None:
-    n, v, d, chunk = 4096, 200_000, 64, 8192
+    n, v, d, chunk = 4096, 1_000_000, 64, 8192
     hidden = torch.randn(n, d, device="cuda", requires_grad=True)
     weight = torch.randn(v, d, device="cuda", requires_grad=True)
     targets = torch.randint(1, v, (n,), device="cuda")
@@ -148,9 +148,11 @@ def test_cuda_peak_memory_is_bounded_by_the_chunk() -> None:
     chunked_cross_entropy(hidden, weight, None, targets, chunk).sum().backward()
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - base
-    logits = n * v * 4
-    # A few [n, chunk] blocks and the [v, d] weight gradient; the logits alone are 3.3 GB.
-    assert peak < 8 * n * chunk * 4 + 3 * v * d * 4 < logits / 4
+    # A few [n, chunk] blocks live at a time, plus [v, d] weight gradients (the accumulator,
+    # the target rows' scatter and their sum); one copy of the logits alone is 16 GB.
+    bound = 6 * n * chunk * 4 + 4 * v * d * 4
+    assert bound < n * v * 4 / 8
+    assert peak < bound, f"peak {peak / 2**20:.0f} MiB, bound {bound / 2**20:.0f} MiB"
 
 
 def test_config_keys_and_errors() -> None:
