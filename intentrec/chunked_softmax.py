@@ -7,24 +7,26 @@ that is 51 GB per copy, so a large catalogue cannot train. Here the catalogue is
 in chunks of ``chunk`` items:
 
 * forward: a running (online) logsumexp over the chunks of
-  ``z = score_fn(hidden @ weight[chunk].T + bias[chunk])``, and (for label smoothing) a
-  running sum of ``z``; the padding item 0 is never scored;
+  ``z = score_fn(hidden @ weight[chunk].T + bias[chunk])``, the target's score picked out of
+  its chunk, and (for label smoothing) a running sum of ``z``; the padding item 0 is never
+  scored;
 * backward: the logits of each chunk are recomputed from the saved ``hidden``, ``weight``
   and ``bias`` and turned into that chunk's gradient, so peak memory is O(N x chunk) in both
   passes and nothing of size N x V is saved.
 
 Written by hand: PyTorch has no chunked logsumexp whose backward recomputes the logits of
-a (weight-tied) output layer, and the libraries that have one (fused "cut cross-entropy"
-kernels) are CUDA/Triton-only, do not support a final activation such as GRU4Rec's tanh,
-and would be a dependency for one function.
+a (weight-tied) output layer. The fused kernels we know of (Apple's cut-cross-entropy,
+Liger's fused linear cross-entropy) are Triton kernels: no CPU path, no arbitrary
+element-wise final activation (GRU4Rec's elu or leaky-relu), and a dependency for one
+function.
 
 The loss per target is the one of ``F.cross_entropy`` over the V - 1 non-padding items
 (class c = item c + 1), label smoothing included::
 
     loss = lse - (1 - eps) * z_target - eps / (V - 1) * sum_{c >= 1} z_c
 
-with ``lse = logsumexp_{c >= 1} z_c``. Only ``lse`` and ``sum z`` go through the custom
-function; ``z_target`` is an ordinary autograd expression of N dot products.
+with ``lse = logsumexp_{c >= 1} z_c``, so ``dloss/dz_c = softmax_c - eps / (V - 1) -
+(1 - eps) [c = target]``.
 """
 
 from __future__ import annotations
@@ -52,8 +54,16 @@ def _chunk_logits(
     return u, (u if score_fn is None else score_fn(u))
 
 
-class _ChunkedLogSumExp(torch.autograd.Function):
-    """(logsumexp_c z_c, sum_c z_c) over items 1..V-1 of z = score_fn(h W^T + b), chunked."""
+def _target_columns(targets: Tensor, start: int, stop: int) -> tuple[Tensor, Tensor]:
+    """(column of each row's target in chunk [start, stop) clamped into it [N, 1], whether
+    the target is in the chunk [N, 1]): index arithmetic, no host sync on CUDA."""
+    column = targets - start
+    inside = (column >= 0) & (column < stop - start)
+    return column.clamp(0, stop - start - 1).unsqueeze(1), inside.unsqueeze(1)
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Per-target cross-entropy over items 1..V-1 of z = score_fn(h W^T + b), in chunks."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -61,10 +71,11 @@ class _ChunkedLogSumExp(torch.autograd.Function):
         hidden: Tensor,
         weight: Tensor,
         bias: Tensor | None,
+        targets: Tensor,
         chunk: int,
+        smoothing: float,
         score_fn: ScoreFn | None,
-        with_sum: bool,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> Tensor:
         device_type = hidden.device.type
         # Recorded so backward recomputes the logits under the same autocast as here (what
         # torch.amp.custom_fwd/custom_bwd do, for whichever device this runs on).
@@ -75,47 +86,52 @@ class _ChunkedLogSumExp(torch.autograd.Function):
         running_max = torch.full((n,), float("-inf"), dtype=acc, device=hidden.device)
         running_sum = torch.zeros(n, dtype=acc, device=hidden.device)  # sum exp(z - max)
         z_total = torch.zeros(n, dtype=acc, device=hidden.device)
+        z_target = torch.zeros(n, dtype=acc, device=hidden.device)
         num_items = weight.shape[0]
         for start in range(1, num_items, chunk):  # item 0 (padding) is never scored
             stop = min(start + chunk, num_items)
             b = None if bias is None else bias[start:stop]
             _, z = _chunk_logits(hidden, weight[start:stop], b, score_fn)
             z = z.to(acc)  # [N, c]
-            new_max = torch.maximum(running_max, z.max(dim=1).values)
-            if with_sum:
+            column, inside = _target_columns(targets, start, stop)
+            # where, not a product: 0 * an infinite score of another chunk would be NaN
+            z_target = z_target + torch.where(inside, z.gather(1, column), 0.0).squeeze(1)
+            if smoothing > 0:
                 z_total = z_total + z.sum(dim=1)
+            new_max = torch.maximum(running_max, z.max(dim=1).values)
             shifted = (z - new_max.unsqueeze(1)).exp_()  # in place: one more block, not two
             running_sum = running_sum * torch.exp(running_max - new_max) + shifted.sum(dim=1)
             running_max = new_max
             del z, shifted
         lse = running_max + torch.log(running_sum)  # [N]
-        ctx.save_for_backward(hidden, weight, bias, lse)
-        ctx.chunk, ctx.score_fn = chunk, score_fn
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.chunk, ctx.smoothing, ctx.score_fn = chunk, smoothing, score_fn
         ctx.autocast = (device_type, autocast, autocast_dtype)
-        ctx.set_materialize_grads(False)  # an unused sum output brings no gradient work
-        return lse, z_total
+        loss = lse - (1.0 - smoothing) * z_target
+        if smoothing > 0:
+            loss = loss - smoothing / (num_items - 1) * z_total
+        return loss
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, grad_lse: Tensor | None, grad_sum: Tensor | None
+        ctx: torch.autograd.function.FunctionCtx, grad_loss: Tensor
     ) -> tuple[Tensor | None, ...]:
-        hidden, weight, bias, lse = ctx.saved_tensors
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        if grad_lse is None and grad_sum is None:
-            return None, None, None, None, None, None
         device_type, autocast, autocast_dtype = ctx.autocast
-        score_fn = ctx.score_fn
+        score_fn, smoothing = ctx.score_fn, ctx.smoothing
         acc = lse.dtype
+        num_items = weight.shape[0]
         # Accumulators in the accumulation dtype; cast to the inputs' dtypes at the end.
         grad_h = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
         grad_b = None
         if bias is not None and need_b:
             grad_b = torch.zeros(bias.shape, dtype=acc, device=bias.device)
-        g_lse = None if grad_lse is None else grad_lse.to(acc).unsqueeze(1)  # [N, 1]
-        g_sum = None if grad_sum is None else grad_sum.to(acc).unsqueeze(1)  # [N, 1]
-        num_items = weight.shape[0]
+        g = grad_loss.to(acc).unsqueeze(1)  # [N, 1]
+        g_target = -(1.0 - smoothing) * g  # [N, 1]: the target's one-hot term
+        g_uniform = -smoothing / (num_items - 1) * g  # [N, 1]: every item's smoothing term
         for start in range(1, num_items, ctx.chunk):
             stop = min(start + ctx.chunk, num_items)
             w = weight[start:stop]
@@ -132,13 +148,13 @@ class _ChunkedLogSumExp(torch.autograd.Function):
                     with torch.enable_grad():
                         u = u.detach().requires_grad_()
                         z = score_fn(u)
-                # dL/dz_c = g_lse * softmax_c + g_sum   [N, c], in place on one new block
-                if g_lse is not None:
-                    grad_z = (z.detach().to(acc) - lse.unsqueeze(1)).exp_().mul_(g_lse)
-                    if g_sum is not None:
-                        grad_z.add_(g_sum)
-                else:
-                    grad_z = g_sum.expand(z.shape)
+                # dloss/dz_c = g * softmax_c + g_uniform (+ g_target at the target), in
+                # place on one new [N, c] block
+                grad_z = (z.detach().to(acc) - lse.unsqueeze(1)).exp_().mul_(g)
+                if smoothing > 0:
+                    grad_z.add_(g_uniform)
+                column, inside = _target_columns(targets, start, stop)
+                grad_z.scatter_add_(1, column, g_target * inside)
                 if score_fn is None:
                     grad_u = grad_z
                 else:
@@ -157,26 +173,8 @@ class _ChunkedLogSumExp(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
-
-
-def chunked_logsumexp(
-    hidden: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    chunk: int,
-    score_fn: ScoreFn | None = None,
-    with_sum: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """``(logsumexp_c z_c, sum_c z_c)`` over items 1..V-1, ``z = score_fn(hidden @ weight.T
-    + bias)``, in chunks of ``chunk`` items: hidden [N, d], weight [V, d], bias [V] | None
-    -> ([N], [N]). The sum is zeros unless ``with_sum``. Differentiable in hidden, weight and
-    bias with O(N x chunk) memory (the backward pass recomputes each chunk's logits)."""
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
-    if weight.shape[0] < 2:
-        raise ValueError("the catalogue needs an item besides padding (weight has < 2 rows)")
-    return _ChunkedLogSumExp.apply(hidden, weight, bias, int(chunk), score_fn, with_sum)
 
 
 def chunked_cross_entropy(
@@ -191,15 +189,14 @@ def chunked_cross_entropy(
     """Per-target softmax cross-entropy over items 1..V-1 (item 0 = padding, never a class),
     equal to ``F.cross_entropy(scores[:, 1:], targets - 1, reduction="none",
     label_smoothing=label_smoothing)`` with ``scores = score_fn(hidden @ weight.T + bias)``,
-    without materialising ``scores``. targets [N] in 1..V-1 -> [N]."""
-    smoothing = float(label_smoothing)
-    lse, z_sum = chunked_logsumexp(hidden, weight, bias, chunk, score_fn, with_sum=smoothing > 0)
-    # The target's score by ordinary autograd: N dot products, [N, d] of gathered rows.
-    u_target = (hidden * weight[targets]).sum(dim=-1)
-    if bias is not None:
-        u_target = u_target + bias[targets]
-    z_target = u_target if score_fn is None else score_fn(u_target)
-    loss = lse - (1.0 - smoothing) * z_target.to(lse.dtype)
-    if smoothing > 0:
-        loss = loss - smoothing / (weight.shape[0] - 1) * z_sum
-    return loss
+    without materialising ``scores``: hidden [N, d], weight [V, d], bias [V] | None, targets
+    [N] in 1..V-1 -> [N], in the accumulation dtype (float32, or float64 for float64
+    inputs). Differentiable in hidden, weight and bias with O(N x chunk) memory: the
+    backward pass recomputes each chunk's logits. ``score_fn`` must be element-wise."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if weight.shape[0] < 2:
+        raise ValueError("the catalogue needs an item besides padding (weight has < 2 rows)")
+    return _ChunkedCrossEntropy.apply(
+        hidden, weight, bias, targets, int(chunk), float(label_smoothing), score_fn
+    )
