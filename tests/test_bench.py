@@ -273,7 +273,7 @@ def test_cli_rejects_unknown_section() -> None:
     assert proc.returncode == 2 and "unknown section" in proc.stderr
 
 
-@pytest.mark.slow  # every quick section in its own process: 66 s on 2 loaded cores
+@pytest.mark.slow  # every quick section in its own process: 47-66 s on 2 loaded cores
 def test_gpu_script_runs_every_section_on_cpu(tmp_path: Path) -> None:
     """benchmarks/gpu.sh in its CPU smoke mode: exit 0, figures of every section it runs
     (mfu needs CUDA: a note, not a failure), the summary files written."""
