@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("data", "train", "eval", "recommend", "quality", "mfu")
+SECTIONS = ("data", "train", "eval", "loss", "recommend", "quality", "mfu")
 
 # Dense bf16 tensor-core peak (TFLOP/s, no sparsity) by a substring of the device name.
 # H100 SXM and H200 share the same compute (989.4 TFLOP/s); H100 PCIe is lower.
@@ -97,6 +97,10 @@ class Reporter:
         if not self.append:
             self.jsonl.write_text("")
             self.notes_file.unlink(missing_ok=True)
+        else:
+            # An appending run that measures nothing (mfu without CUDA, gpu.sh's first
+            # section) still leaves a results.jsonl for its summary to read.
+            self.jsonl.touch()
         self.device_name = device_name(self.device)
 
     def emit(

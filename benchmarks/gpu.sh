@@ -9,13 +9,14 @@
 # 2. installs this checkout without dependencies (`pip install --no-deps -e .`; falls back to
 #    running from the checkout when that cannot build offline);
 # 3. runs `python -m benchmarks.run --device cuda` one section at a time (mfu, train, eval,
-#    data, quality), each under `timeout`, all within $BENCH_BUDGET_S seconds (default 480),
-#    appending to OUT_DIR/results.jsonl; results.md and log.txt are written there too.
+#    loss, data, quality), each under `timeout`, all within $BENCH_BUDGET_S seconds (default
+#    480), appending to OUT_DIR/results.jsonl; results.md and log.txt are written there too.
 #
 # Environment: WHEELS (wheel folder), BENCH_BUDGET_S (whole script), SIZES (data sizes,
 # e.g. 1M,10M,100M; default 1M,10M), BENCH_QUICK=1 (tiny sizes: a smoke test), PYTHON,
 # BENCH_DEVICE (default cuda; cpu only to try this script where there is no GPU),
-# BENCH_NO_INSTALL=1 (skip both installs: the environment already has everything).
+# BENCH_NO_INSTALL=1 (skip both installs: the environment already has everything),
+# BENCH_RUNS (where the quality section looks for `make train` runs; default runs).
 #
 # stdout: the summary tables at the end; the JSON lines and progress go to log.txt.
 set -uo pipefail
@@ -75,7 +76,7 @@ QUICK=()
 [ "${BENCH_QUICK:-0}" = 1 ] && QUICK=(--quick)
 STATUS=0
 # section:planned seconds (the last ones get what is left, less a reserve for the summary)
-for plan in mfu:200 train:100 eval:60 data:0 quality:30; do
+for plan in mfu:200 train:100 eval:60 loss:40 data:0 quality:30; do
     section=${plan%%:*}
     planned=${plan##*:}
     remaining=$(( $(left) - 15 ))
@@ -84,6 +85,7 @@ for plan in mfu:200 train:100 eval:60 data:0 quality:30; do
     if [ "$limit" -lt 10 ]; then say "$section: skipped (time budget spent)"; continue; fi
     extra=()
     [ "$section" = data ] && [ -n "${SIZES:-}" ] && extra=(--sizes "$SIZES")
+    [ "$section" = quality ] && extra=(--runs "${BENCH_RUNS:-runs}")
     say "$section: up to ${limit}s"
     timeout --signal=TERM --kill-after=10 "$limit" \
         "$PY" -m benchmarks.run --device "$DEVICE" --only "$section" --out "$OUT_DIR" --append \

@@ -1,11 +1,11 @@
 """``python -m benchmarks.run``: IntentRec's benchmark harness (see benchmarks/README.md).
 
-    python -m benchmarks.run [--only data,train,eval,recommend,quality,mfu] [--quick]
+    python -m benchmarks.run [--only data,train,eval,loss,recommend,quality,mfu] [--quick]
                              [--device cpu|cuda] [--out DIR] [--sizes 1M,10M]
 
 Prints one JSON line per figure on stdout as it is measured, then a table; writes
 ``DIR/results.jsonl`` (one figure a line) and ``DIR/results.md``. Progress is on stderr.
-Sections: data, train, eval, recommend, quality always; mfu only with ``--device cuda`` (default with
+Sections: data, train, eval, loss, recommend, quality always; mfu only with ``--device cuda`` (default with
 cuda). A figure that fails is recorded with ``"value": null`` and an ``"error"``; the exit
 status is 1 when any figure failed.
 """
@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only",
         default=None,
         help=f"comma-separated sections of {','.join(SECTIONS)} "
-        "(default: data,train,eval,recommend,quality; plus mfu with --device cuda)",
+        "(default: data,train,eval,loss,recommend,quality; plus mfu with --device cuda)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="tiny sizes: checks the harness (< 1 min)"
@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="torch intra-op threads (default: torch's; 1 with --quick)",
     )
     args = parser.parse_args(argv)
-    default = ["data", "train", "eval", "recommend", "quality"]
+    default = ["data", "train", "eval", "loss", "recommend", "quality"]
     default += ["mfu"] if args.device == "cuda" else []
     sections = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else default
     unknown = [s for s in sections if s not in SECTIONS]
@@ -117,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
                 from benchmarks import eval_bench
 
                 eval_bench.run(rep, args.device, args.quick)
+            elif section == "loss":
+                from benchmarks import loss_bench
+
+                loss_bench.run(rep, args.device, args.quick)
             elif section == "recommend":
                 from benchmarks import recommend_bench
 

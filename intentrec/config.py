@@ -180,7 +180,12 @@ class ModelConfig:
 class LossConfig:
     intent_weight: float = 1.0  # λ in L = L_item + λ Σ_i w_i L_intent_i
     head_weights: dict[str, float] = field(default_factory=dict)  # w_i per intent, default 1
-    item_loss: str = "full"  # full | sampled (logQ-corrected sampled softmax)
+    # full: softmax over the catalogue, [targets, items] logits at once | full_chunked: the
+    # same loss computed item_chunk items at a time, forward and backward,
+    # for catalogues whose logits do not fit (intentrec/chunked_softmax.py) | sampled:
+    # logQ-corrected sampled softmax.
+    item_loss: str = "full"
+    item_chunk: int = 8192  # full_chunked: items per chunk (memory ~ targets x item_chunk)
     num_negatives: int = 1024  # for sampled item loss
     label_smoothing: float = 0.0
     # Multi-label intents (genre): BCE summed over the classes (the Bernoulli likelihood) or
@@ -281,7 +286,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model.sasrec_loss": ("ce", "bce"),
     "model.gru_loss": ("ce", "sampled"),
     "model.next_intent_encoder": NEXT_INTENT_ENCODERS,
-    "loss.item_loss": ("full", "sampled"),
+    "loss.item_loss": ("full", "full_chunked", "sampled"),
     "loss.multi_label_reduction": ("sum", "mean"),
     "loss.weighting": ("fixed", "uncertainty"),
     "eval.score_dtype": ("float32", "float64"),
@@ -460,6 +465,7 @@ RANGES: dict[str, Range | Each | Batches] = {
     "loss.intent_weight": NON_NEGATIVE,
     "loss.head_weights": Each(NON_NEGATIVE),
     "loss.num_negatives": AT_LEAST_1,
+    "loss.item_chunk": AT_LEAST_1,
     "loss.label_smoothing": FRACTION,
     "loss.grad_norm_every": NON_NEGATIVE,
     "optim.lr": POSITIVE,

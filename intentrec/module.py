@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from intentrec import batch as B
+from intentrec.chunked_softmax import chunked_cross_entropy
 from intentrec.config import ConfigError, saved_config
 from intentrec.data.schema import DataSchema, IntentSpec
 from intentrec.metrics import (
@@ -181,18 +182,31 @@ class IntentRecModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ losses
     def item_loss_name(self) -> str:
-        """``full`` | ``sampled`` | ``bce``: the objective the model declares."""
+        """``full`` | ``full_chunked`` | ``sampled`` | ``bce`` | ``none``: the objective the
+        model declares."""
         return self.item_objective.kind
 
     def item_loss(self, hidden: Tensor, targets: Tensor) -> Tensor:
         """Per-target item loss. hidden: [N, d], targets: [N] -> [N]."""
         kind = self.item_loss_name()
+        smoothing = self.cfg.loss.label_smoothing
         if kind == "full":
-            logits = self.full_scores(hidden)  # [N, V]
-            return F.cross_entropy(
-                logits, targets, reduction="none", label_smoothing=self.cfg.loss.label_smoothing
-            )
+            # Classes are items 1..V-1: with the -inf padding column kept, label smoothing
+            # would put eps / V of the target mass on it and make every loss infinite.
+            logits = self.full_scores(hidden)[:, 1:]  # [N, V - 1]
+            return F.cross_entropy(logits, targets - 1, reduction="none", label_smoothing=smoothing)
         weight, bias = self.model.output_weights()
+        if kind == "full_chunked":
+            # The same loss as "full" without the [N, V] logits (intentrec.chunked_softmax).
+            return chunked_cross_entropy(
+                hidden,
+                weight,
+                bias,
+                targets,
+                self.item_objective.chunk,
+                label_smoothing=smoothing,
+                score_fn=self._score_fn(),
+            )
         if kind == "bce":
             # SASRec's original objective: one uniformly sampled negative per position
             # (resampled while it equals the target), binary cross-entropy on both.

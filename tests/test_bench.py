@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import quality, recommend_bench, train_bench
+from benchmarks import loss_bench, quality, recommend_bench, train_bench
 from benchmarks.common import Reporter, bf16_peak_tflops, human_count, parse_count
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,6 +53,13 @@ EXPECTED = [
         for cat in ("2k", "20k")
         for what in ("float32_vs_float64", "rank_differences")
     ),
+    *(
+        f"loss/20k/{kind}/{what}"
+        for kind in loss_bench.KINDS
+        for what in ("ms_per_step", "logit_block", "rss_delta")
+    ),
+    "loss/20k/chunked_vs_full/time_ratio",
+    "loss/20k/loss_difference",
     *(
         f"recommend/{model}/20k/{what}"
         for model in recommend_bench.MODELS
@@ -127,7 +134,7 @@ def test_quick_run_produces_every_figure(quick_run) -> None:
         assert set(r) >= {"name", "value", "unit", "params", "device", "threads"}, r
         assert r["device"] == "cpu" and r["threads"] == 1 and r["quick"] is True
         assert isinstance(r["value"], int | float) and math.isfinite(r["value"]), r
-        if not r["name"].endswith(("reached_reference", "rank_differences")):
+        if not r["name"].endswith(("reached_reference", "rank_differences", "loss_difference")):
             assert r["value"] > 0, r
 
 
@@ -168,6 +175,18 @@ def test_quick_run_values_are_sane(quick_run) -> None:
         )
         assert by_name[f"eval/{cat}/rank_differences"]["value"] == 0
         assert by_name[f"eval/{cat}/float32_vs_float64"]["value"] > 0
+    # Loss: the analytic logit blocks; chunked and plain agree to float32 rounding; the
+    # plain path's peak holds at least one [targets, items] block, the chunked one's less.
+    _, targets, chunk, _ = loss_bench.QUICK_CASES[0]
+    full_block = by_name["loss/20k/full/logit_block"]
+    assert full_block["value"] == pytest.approx(4 * targets * 19_999 / 2**20, rel=1e-4)
+    chunked_block = by_name["loss/20k/full_chunked/logit_block"]
+    assert chunked_block["value"] == pytest.approx(4 * targets * chunk / 2**20, rel=1e-4)
+    assert chunked_block["params"]["chunk"] == chunk and full_block["params"]["chunk"] is None
+    assert by_name["loss/20k/full/rss_delta"]["value"] > full_block["value"]
+    assert by_name["loss/20k/loss_difference"]["value"] < 1e-4
+    for kind in loss_bench.KINDS:
+        assert 0.1 < by_name[f"loss/20k/{kind}/ms_per_step"]["value"] < 60_000
     # Recommend: every user of the data written, top-100 lists of 4-byte scores at least.
     for model in recommend_bench.MODELS:
         rate = by_name[f"recommend/{model}/20k/users_per_s"]
@@ -282,3 +301,39 @@ def test_cli_rejects_unknown_section() -> None:
         timeout=60,
     )
     assert proc.returncode == 2 and "unknown section" in proc.stderr
+
+
+@pytest.mark.slow  # every quick section in its own process: 47-66 s on 2 loaded cores
+def test_gpu_script_runs_every_section_on_cpu(tmp_path: Path) -> None:
+    """benchmarks/gpu.sh in its CPU smoke mode: exit 0, figures of every section it runs
+    (mfu needs CUDA: a note, not a failure), the summary files written."""
+    runs = tmp_path / "runs"
+    _fake_reference_runs(runs)
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "BENCH_QUICK": "1",
+        "BENCH_DEVICE": "cpu",
+        "BENCH_NO_INSTALL": "1",
+        "BENCH_BUDGET_S": "400",
+        "BENCH_RUNS": str(runs),
+        "PYTHON": sys.executable,
+        "PYTHONPATH": str(REPO),
+    }
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu.sh", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=600,
+    )
+    log = (out / "log.txt").read_text() if (out / "log.txt").exists() else ""
+    assert proc.returncode == 0, (proc.stderr + log)[-3000:]
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["section"] for r in records} == {"train", "eval", "loss", "data", "quality"}
+    assert not [r for r in records if r.get("error")]
+    assert all(r["device"] == "cpu" and r["quick"] is True for r in records)
+    assert "mfu: skipped (needs --device cuda)" in (out / "notes.txt").read_text()
+    md = (out / "results.md").read_text()
+    assert "## loss" in md and "| loss/20k/full_chunked/ms_per_step |" in md

@@ -204,3 +204,24 @@ def test_uncertainty_weighting_is_a_module_parameter_the_optimiser_sees() -> Non
     module = IntentRecModule(cfg, _schema())
     assert module.task_log_vars is not None and module.task_log_vars.shape == (1,)  # no heads
     assert any(p is module.task_log_vars for p in module.parameters())
+
+
+def test_label_smoothing_spreads_over_the_real_items_only(setup) -> None:
+    """eps / (V - 1) on each of items 1..V-1, none on padding: a finite loss (the padding
+    column's -inf score once made every smoothed loss infinite), and the chunked softmax's."""
+    module, hidden, _, batch = setup
+    module.cfg.loss.label_smoothing = 0.1
+    parts = module.compute_losses(batch, module.model(batch))
+    weight = module.model.weight.detach()
+    num = den = 0.0
+    for b, k in [(0, 1), (0, 2), (1, 0), (1, 1)]:
+        nll = -torch.log_softmax((hidden[b, k] @ weight.T)[1:], 0)  # [V - 1]
+        target = int(batch[B.TARGET_ITEM][b, k]) - 1
+        loss = 0.9 * nll[target].item() + 0.1 * nll.mean().item()
+        w = float(batch[B.TARGET_WEIGHT][b, k])
+        num, den = num + w * loss, den + w
+    assert math.isfinite(parts["item"].item())
+    assert parts["item"].item() == pytest.approx(num / den, rel=1e-5)
+    module.item_objective = ItemLoss("full_chunked", chunk=3)
+    chunked = module.compute_losses(batch, module.model(batch))
+    assert chunked["item"].item() == pytest.approx(parts["item"].item(), rel=1e-6)
