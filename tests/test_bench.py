@@ -134,7 +134,9 @@ def test_quick_run_produces_every_figure(quick_run) -> None:
         assert set(r) >= {"name", "value", "unit", "params", "device", "threads"}, r
         assert r["device"] == "cpu" and r["threads"] == 1 and r["quick"] is True
         assert isinstance(r["value"], int | float) and math.isfinite(r["value"]), r
-        if not r["name"].endswith(("reached_reference", "rank_differences", "loss_difference")):
+        if r["name"].endswith("rss_delta"):  # measured above a base: can read 0 (see loss)
+            assert r["value"] >= 0, r
+        elif not r["name"].endswith(("reached_reference", "rank_differences", "loss_difference")):
             assert r["value"] > 0, r
 
 
@@ -176,14 +178,15 @@ def test_quick_run_values_are_sane(quick_run) -> None:
         assert by_name[f"eval/{cat}/rank_differences"]["value"] == 0
         assert by_name[f"eval/{cat}/float32_vs_float64"]["value"] > 0
     # Loss: the analytic logit blocks; chunked and plain agree to float32 rounding; the
-    # plain path's peak holds at least one [targets, items] block, the chunked one's less.
+    # RSS deltas are figures, not asserted: the allocator may reuse memory freed by an
+    # earlier measurement (CI-like load gave a 0.1 MiB delta for a 39 MiB block).
     _, targets, chunk, _ = loss_bench.QUICK_CASES[0]
     full_block = by_name["loss/20k/full/logit_block"]
     assert full_block["value"] == pytest.approx(4 * targets * 19_999 / 2**20, rel=1e-4)
     chunked_block = by_name["loss/20k/full_chunked/logit_block"]
     assert chunked_block["value"] == pytest.approx(4 * targets * chunk / 2**20, rel=1e-4)
     assert chunked_block["params"]["chunk"] == chunk and full_block["params"]["chunk"] is None
-    assert by_name["loss/20k/full/rss_delta"]["value"] > full_block["value"]
+    assert by_name["loss/20k/full/rss_delta"]["value"] >= 0
     assert by_name["loss/20k/loss_difference"]["value"] < 1e-4
     for kind in loss_bench.KINDS:
         assert 0.1 < by_name[f"loss/20k/{kind}/ms_per_step"]["value"] < 60_000
@@ -200,7 +203,7 @@ def test_quick_run_values_are_sane(quick_run) -> None:
     assert by_name["quality/sasrec/train_s_vs_recbole"]["value"] == pytest.approx(310 / 780)
     assert by_name["quality/gru4rec/time_to_best_s"]["value"] == pytest.approx(200 / 20 * 10)
     # The training choices for speed are read from their own experiment, same reference.
-    assert by_name["quality/sasrec_fast/train_s_vs_recbole"]["value"] == pytest.approx(90 / 780)
+    assert by_name["quality/sasrec_fast/train_s_vs_recbole"]["value"] == pytest.approx(90 / 780, rel=1e-4)
     assert by_name["quality/sasrec_fast/reached_reference"]["value"] == 1
 
 
