@@ -411,6 +411,33 @@ def current_rss_bytes() -> int:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def memory_base(device: str) -> int:
+    """Start a peak-memory measurement: bytes in use now (CUDA allocated, or RSS on CPU),
+    with the device's peak counter reset so that only what follows counts."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        return int(base)
+    base = current_rss_bytes()
+    reset_peak_rss()
+    return base
+
+
+def peak_above(device: str, base: int) -> int:
+    """Peak bytes above ``base`` (from :func:`memory_base`) since it was taken, >= 0."""
+    if device == "cuda":
+        import torch
+
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = peak_rss_bytes()
+    return max(int(peak) - base, 0)
+
+
 def run_worker(module: str, args: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
     """Run ``python -m module '<json args>'`` in a fresh process; return its last JSON line.
 

@@ -27,11 +27,10 @@ from typing import Any
 
 from benchmarks.common import (
     Reporter,
-    current_rss_bytes,
     human_count,
     log,
-    peak_rss_bytes,
-    reset_peak_rss,
+    memory_base,
+    peak_above,
     run_worker,
 )
 
@@ -62,13 +61,7 @@ def rank_all(
     hidden = torch.randn(targets, D, generator=gen).to(device)  # [N, d]
     target_ids = torch.randint(1, catalogue, (targets,), generator=gen).to(device)  # [N]
     cuda = device == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        base = current_rss_bytes()
-        reset_peak_rss()
+    base = memory_base(device)
 
     def one_pass(limit: int) -> list[torch.Tensor]:
         out = []
@@ -94,12 +87,11 @@ def rank_all(
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()) - base
     assert int(ranks.min()) >= 1 and int(ranks.max()) <= catalogue - 1
     return {
         "seconds": seconds,
         "targets": targets,
-        "peak_delta": max(int(peak), 0),
+        "peak_delta": peak_above(device, base),
         "ranks": ranks.cpu().tolist(),
     }
 

@@ -27,12 +27,11 @@ from typing import Any
 
 from benchmarks.common import (
     Reporter,
-    current_rss_bytes,
     human_count,
     log,
     median,
-    peak_rss_bytes,
-    reset_peak_rss,
+    memory_base,
+    peak_above,
     run_worker,
     time_steps,
 )
@@ -85,23 +84,15 @@ def measure(
 
     with torch.no_grad():
         per_target = losses().float().cpu()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        base = current_rss_bytes()
-        reset_peak_rss()
+    base = memory_base(device)
     warmup, steps = STEPS[device]
     seconds = time_steps(
         step, warmup, 2 if quick else steps, torch.cuda.synchronize if cuda else None
     )
-    peak = (torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()) - base
     return {
         "ms": median(seconds) * 1e3,
         "steps": len(seconds),
-        "peak_delta": max(int(peak), 0),
+        "peak_delta": peak_above(device, base),
         "losses": per_target.tolist(),
     }
 
