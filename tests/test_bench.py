@@ -203,7 +203,9 @@ def test_quick_run_values_are_sane(quick_run) -> None:
     assert by_name["quality/sasrec/train_s_vs_recbole"]["value"] == pytest.approx(310 / 780)
     assert by_name["quality/gru4rec/time_to_best_s"]["value"] == pytest.approx(200 / 20 * 10)
     # The training choices for speed are read from their own experiment, same reference.
-    assert by_name["quality/sasrec_fast/train_s_vs_recbole"]["value"] == pytest.approx(90 / 780, rel=1e-4)
+    assert by_name["quality/sasrec_fast/train_s_vs_recbole"]["value"] == pytest.approx(
+        90 / 780, rel=1e-4
+    )
     assert by_name["quality/sasrec_fast/reached_reference"]["value"] == 1
 
 
