@@ -3,9 +3,9 @@
 N random hidden states (d = 64) against a random item table of V rows (row 0 = padding)
 with a per-item bias, float32; one step = the per-target loss of every target, its mean,
 and the backward pass into hidden, weight and bias (what a training step spends on the item
-loss; the model is left out). ``full`` is the module's plain path (every score at once:
-``scores[:, 1:]`` of ``hidden @ weight.T + bias`` with the padding column masked, then
-``F.cross_entropy``); ``full_chunked`` is ``intentrec.chunked_softmax.chunked_cross_entropy``
+loss; the model is left out). ``full`` is the module's plain path, the same function
+(``intentrec.chunked_softmax.full_cross_entropy``: every score at once, the padding column
+sliced off, then ``F.cross_entropy``); ``full_chunked`` is ``intentrec.chunked_softmax.chunked_cross_entropy``
 with ``chunk`` items at a time. Both get the same inputs, and ``loss_difference`` is the
 largest difference of their per-target losses (float32 rounding only).
 
@@ -45,25 +45,13 @@ CUDA_CASES = ((50_000, 8_192, 8_192, KINDS), (1_000_000, 8_192, 8_192, ("full_ch
 STEPS = {"cpu": (1, 3), "cuda": (2, 10)}  # (warmup, timed) steps
 
 
-def plain_loss(hidden: Any, weight: Any, bias: Any, targets: Any) -> Any:
-    """The module's ``full`` path (``IntentRecModule.full_scores`` + its cross-entropy)."""
-    import torch
-    import torch.nn.functional as F
-
-    scores = hidden @ weight.T + bias  # [N, V]
-    padding = torch.zeros_like(scores[0], dtype=torch.bool)
-    padding[0] = True
-    scores = scores.masked_fill(padding, float("-inf"))
-    return F.cross_entropy(scores[:, 1:], targets - 1, reduction="none")
-
-
 def measure(
     catalogue: int, targets: int, kind: str, chunk: int, device: str, quick: bool = False
 ) -> dict[str, Any]:
     """Time forward + backward of the item loss; peak memory above the inputs'."""
     import torch
 
-    from intentrec.chunked_softmax import chunked_cross_entropy
+    from intentrec.chunked_softmax import chunked_cross_entropy, full_cross_entropy
 
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(catalogue, D, generator=gen).div_(D**0.5).to(device).requires_grad_()
@@ -74,7 +62,7 @@ def measure(
 
     def losses() -> Any:
         if kind == "full":
-            return plain_loss(hidden, weight, bias, target_ids)
+            return full_cross_entropy(hidden, weight, bias, target_ids)
         return chunked_cross_entropy(hidden, weight, bias, target_ids, chunk)
 
     def step() -> None:

@@ -34,9 +34,37 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 ScoreFn = Callable[[Tensor], Tensor]
+
+
+def item_scores(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, score_fn: ScoreFn | None = None
+) -> Tensor:
+    """Every item's score at once, ``score_fn(hidden @ weight.T + bias)``: hidden [N, d],
+    weight [V, d], bias [V] | None -> [N, V], the padding column 0 included (unmasked)."""
+    scores = hidden @ weight.T
+    if bias is not None:
+        scores = scores + bias
+    return scores if score_fn is None else score_fn(scores)
+
+
+def full_cross_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    targets: Tensor,
+    label_smoothing: float = 0.0,
+    score_fn: ScoreFn | None = None,
+) -> Tensor:
+    """The plain full softmax (``loss.item_loss=full``): per-target cross-entropy over items
+    1..V-1 with every score materialised, [N, V] logits kept for backward. The padding
+    column is sliced off, not masked: a -inf column would make a smoothed loss infinite,
+    and masking would copy the whole [N, V] block once more. targets [N] in 1..V-1 -> [N]."""
+    scores = item_scores(hidden, weight, bias, score_fn)[:, 1:]  # [N, V - 1]
+    return F.cross_entropy(scores, targets - 1, reduction="none", label_smoothing=label_smoothing)
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

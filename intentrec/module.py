@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from intentrec import batch as B
-from intentrec.chunked_softmax import chunked_cross_entropy
+from intentrec.chunked_softmax import chunked_cross_entropy, full_cross_entropy, item_scores
 from intentrec.config import ConfigError, saved_config
 from intentrec.data.schema import DataSchema, IntentSpec
 from intentrec.metrics import (
@@ -169,12 +169,7 @@ class IntentRecModule(pl.LightningModule):
     def full_scores(self, hidden: Tensor) -> Tensor:
         """Scores of every catalogue item, padding column set to -inf. hidden: [N, d]."""
         weight, bias = self.model.output_weights()  # [V, d], [V] | None
-        scores = hidden @ weight.T  # [N, V]
-        if bias is not None:
-            scores = scores + bias
-        score_fn = self._score_fn()
-        if score_fn is not None:
-            scores = score_fn(scores)
+        scores = item_scores(hidden, weight, bias, self._score_fn())  # [N, V]
         # Out of place: an in-place write would corrupt the saved output of score_fn (tanh).
         padding = torch.zeros_like(scores[0], dtype=torch.bool)
         padding[0] = True
@@ -190,12 +185,12 @@ class IntentRecModule(pl.LightningModule):
         """Per-target item loss. hidden: [N, d], targets: [N] -> [N]."""
         kind = self.item_loss_name()
         smoothing = self.cfg.loss.label_smoothing
-        if kind == "full":
-            # Classes are items 1..V-1: with the -inf padding column kept, label smoothing
-            # would put eps / V of the target mass on it and make every loss infinite.
-            logits = self.full_scores(hidden)[:, 1:]  # [N, V - 1]
-            return F.cross_entropy(logits, targets - 1, reduction="none", label_smoothing=smoothing)
         weight, bias = self.model.output_weights()
+        if kind == "full":
+            # Classes are items 1..V-1 (intentrec.chunked_softmax.full_cross_entropy).
+            return full_cross_entropy(
+                hidden, weight, bias, targets, label_smoothing=smoothing, score_fn=self._score_fn()
+            )
         if kind == "full_chunked":
             # The same loss as "full" without the [N, V] logits (intentrec.chunked_softmax).
             return chunked_cross_entropy(
