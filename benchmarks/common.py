@@ -438,6 +438,12 @@ def peak_above(device: str, base: int) -> int:
     return max(int(peak) - base, 0)
 
 
+def worker_main(worker: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """The worker end of :func:`run_worker`: ``worker`` of the JSON arguments in argv[1],
+    printed as one JSON line (a bench module's ``if __name__ == "__main__"``)."""
+    print(json.dumps(worker(json.loads(sys.argv[1]))), flush=True)
+
+
 def run_worker(module: str, args: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
     """Run ``python -m module '<json args>'`` in a fresh process; return its last JSON line.
 

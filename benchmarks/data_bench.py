@@ -15,9 +15,7 @@ perfectly linear.
 
 from __future__ import annotations
 
-import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +32,7 @@ from benchmarks.common import (
     run_worker,
     synthetic_overrides,
     synthetic_size,
+    worker_main,
 )
 
 ITEMS = 10_000  # fixed catalogue, so the sizes differ in events only
@@ -157,4 +156,4 @@ def run(rep: Reporter, sizes: list[int] | None, quick: bool, tmp: str | None = N
 
 
 if __name__ == "__main__":
-    print(json.dumps(worker(json.loads(sys.argv[1]))), flush=True)
+    worker_main(worker)

@@ -20,8 +20,6 @@ had before the first ranking call (weights and hidden states already allocated);
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from typing import Any
 
@@ -32,6 +30,7 @@ from benchmarks.common import (
     memory_base,
     peak_above,
     run_worker,
+    worker_main,
 )
 
 D = 64
@@ -170,16 +169,19 @@ def run(rep: Reporter, device: str, quick: bool) -> None:
             rep.emit("eval", f"eval/{label}/rank_differences", differences, "targets", params)
 
 
-if __name__ == "__main__":
-    args = json.loads(sys.argv[1])
+def worker(args: dict[str, Any]) -> dict[str, Any]:
+    """One catalogue size in its own process (its peak RSS alone), on CPU."""
     import torch
 
     torch.set_num_threads(int(args.get("threads", torch.get_num_threads())))
-    result = rank_all(
+    return rank_all(
         int(args["catalogue"]),
         int(args["targets"]),
         int(args["per_call"]),
         "cpu",
         str(args.get("score_dtype", "float32")),
     )
-    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    worker_main(worker)

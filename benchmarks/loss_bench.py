@@ -21,8 +21,6 @@ loss only (its plain logits would be N x 1M floats); on CPU it is left out (minu
 
 from __future__ import annotations
 
-import json
-import sys
 from typing import Any
 
 from benchmarks.common import (
@@ -34,6 +32,7 @@ from benchmarks.common import (
     peak_above,
     run_worker,
     time_steps,
+    worker_main,
 )
 
 D = 64
@@ -150,12 +149,12 @@ def run(rep: Reporter, device: str, quick: bool) -> None:
             rep.emit("loss", f"loss/{label}/loss_difference", difference, "nats (max)", params)
 
 
-if __name__ == "__main__":
-    args = json.loads(sys.argv[1])
+def worker(args: dict[str, Any]) -> dict[str, Any]:
+    """One (catalogue, kind) in its own process (its peak RSS alone), on CPU."""
     import torch
 
     torch.set_num_threads(int(args.get("threads", torch.get_num_threads())))
-    result = measure(
+    return measure(
         int(args["catalogue"]),
         int(args["targets"]),
         str(args["kind"]),
@@ -163,4 +162,7 @@ if __name__ == "__main__":
         "cpu",
         bool(args.get("quick", False)),
     )
-    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    worker_main(worker)

@@ -13,9 +13,7 @@ the process; bounded memory shows as a growth that does not grow with the number
 
 from __future__ import annotations
 
-import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +28,7 @@ from benchmarks.common import (
     reset_peak_rss,
     run_worker,
     synthetic_overrides,
+    worker_main,
 )
 
 ITEMS = 10_000
@@ -128,4 +127,4 @@ def run(
 
 
 if __name__ == "__main__":
-    print(json.dumps(worker(json.loads(sys.argv[1]))), flush=True)
+    worker_main(worker)
