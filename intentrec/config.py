@@ -82,6 +82,9 @@ class DataConfig:
     eval_batch_size: int = 512  # global evaluation batch size
     num_workers: int = 0
     cache_dir: str = ".cache/intentrec"
+    # > 1: prepare in this many partitions of users, one at a time (bounded memory; the
+    # same cache, not part of its fingerprint; intentrec/data/partitioned.py)
+    partitions: int = 1
 
 
 @dataclass
@@ -437,6 +440,7 @@ RANGES: dict[str, Range | Each | Batches] = {
     "data.session_gap_s": POSITIVE,
     # A user's first event is only an input (never a target): one event gives nothing.
     "data.min_user_events": Range(2),
+    "data.partitions": AT_LEAST_1,
     "data.release_buckets_days": Each(POSITIVE, min_len=1, increasing=True),
     "data.max_len": Range(2),
     "data.batch_size": POSITIVE,

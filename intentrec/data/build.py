@@ -3,7 +3,7 @@
 ``prepare.prepare`` computes the fingerprint and, when no complete cache exists, calls
 :func:`build`, which runs these steps top to bottom (each returns what the next needs):
 
-1. :func:`_keep_users` drops exact duplicate event rows (``prepare.duplicate_rows``, the
+1. :func:`_keep_users` drops exact duplicate event rows (``ids.duplicate_rows``, the
    first is kept) and then users with fewer than ``data.min_user_events`` events;
 2. :func:`_encode_ids` gives users and items ids 1..N in sorted order of their original
    ids (0 = padding); the catalogue is the set of items of the kept events: items-table
@@ -33,7 +33,13 @@ import polars as pl
 
 from intentrec.data.cache import fingerprint_config
 from intentrec.data.errors import DataError
-from intentrec.data.features import GenreTable, SortedEvents, genre_table, input_features
+from intentrec.data.features import (
+    GenreTable,
+    SharedStats,
+    SortedEvents,
+    genre_table,
+    input_features,
+)
 from intentrec.data.labels import intent_labels, target_weights
 from intentrec.data.raw import RawTables
 from intentrec.data.schema import DataSchema, FeatureSpec, IntentSpec
@@ -57,7 +63,7 @@ def build(
     """The cache's arrays, tables, schema and stats, built by the steps below in order.
 
     user_raw/item_raw: each input event's code 1..K among user_distinct/item_distinct (the
-    sorted distinct ids, ``prepare.dense_codes``); duplicate: bool per input event, True
+    sorted distinct ids, ``ids.dense_codes``); duplicate: bool per input event, True
     for a row that repeats an earlier one exactly; digest: the fingerprint; lap(step):
     called after each timed step.
     """
@@ -103,16 +109,23 @@ def _keep_users(
     duplicate: np.ndarray,
     data_cfg: Any,
     source: str,
+    partition: str = "",
 ) -> _KeptUsers:
     """Step 1: drop exact duplicate rows, then users with fewer than ``data.min_user_events``
     events (both counted and logged); a user's count excludes their duplicates.
 
-    Nothing else is dropped here. Raises DataError when no user is left.
+    Nothing else is dropped here. Raises DataError when no user is left, unless this is a
+    ``partition`` of the events (named in the log lines; the caller checks them all).
     """
     num_rows = user_raw.size
     duplicates = int(duplicate.sum())
     if duplicates:
-        log.info("%s: dropped %d exact duplicate event rows (first kept)", source, duplicates)
+        log.info(
+            "%s%s: dropped %d exact duplicate event rows (first kept)",
+            source,
+            partition,
+            duplicates,
+        )
         counted = user_raw[~duplicate]
     else:
         counted = user_raw
@@ -124,23 +137,39 @@ def _keep_users(
     dropped_events = int(per_raw_user[1:][~keep_user[1:]].sum())
     if dropped_users:
         log.info(
-            "%s: dropped %d users with < %d events (%d events; data.min_user_events)",
+            "%s%s: dropped %d users with < %d events (%d events; data.min_user_events)",
             source,
+            partition,
             dropped_users,
             min_events,
             dropped_events,
         )
-    if not keep_user.any():
-        raise DataError(
-            f"{source}: no user has >= {min_events} events (data.min_user_events); "
-            f"{user_distinct.len()} users, {num_rows - duplicates} events"
-            + (f" after dropping {duplicates} exact duplicates" if duplicates else "")
-        )
+    if not keep_user.any() and not partition:
+        raise no_users_left(source, min_events, user_distinct.len(), num_rows, duplicates)
     if dropped_users or duplicates:
         rows = np.flatnonzero(keep_user[user_raw] & ~duplicate)
     else:
         rows = np.arange(num_rows)
     return _KeptUsers(min_events, keep_user, rows, duplicates, dropped_users, dropped_events)
+
+
+def no_users_left(
+    source: str, min_events: int, users: int, rows: int, duplicates: int
+) -> DataError:
+    """The error when ``data.min_user_events`` leaves no user."""
+    return DataError(
+        f"{source}: no user has >= {min_events} events (data.min_user_events); "
+        f"{users} users, {rows - duplicates} events"
+        + (f" after dropping {duplicates} exact duplicates" if duplicates else "")
+    )
+
+
+def no_training_targets(source: str, split: str) -> DataError:
+    """The error when the split leaves no training target."""
+    return DataError(
+        f"{source}: the {split} split leaves no training targets "
+        "(check data.val_fraction / data.test_fraction / data.min_user_events)"
+    )
 
 
 @dataclass
@@ -261,6 +290,7 @@ class _Features:
     weight: np.ndarray
     weight_info: dict[str, Any]
     items_train_count: np.ndarray  # int [I + 1] training-target count per item id
+    truncated: dict[str, int]  # stats.json key -> list-feature values the inputs left out
 
 
 def _features(
@@ -272,10 +302,15 @@ def _features(
     sessions: _Sessions,
     split: SplitResult,
     source: str,
+    shared: SharedStats | None = None,
+    genres: GenreTable | None = None,
+    partition: bool = False,
 ) -> _Features:
     """Step 6: input features, intent labels of each event, target weights (features.py).
 
-    Raises DataError when the split leaves no training target.
+    shared: statistics over all events, given when these are one partition of them
+    (``partitioned.py``); genres: the items' genre table when already built. Raises
+    DataError when the split leaves no training target (a partition may have none).
     """
     events, items = raw.events, ids.items
     event_columns = [c for c in events.columns if c not in ("user_id", "item_id", "timestamp")]
@@ -292,19 +327,13 @@ def _features(
         split=split.tags,
         hidden=hidden,
         label_only=frozenset(raw.label_only_columns),
+        shared=shared if shared is not None else SharedStats(),
     )
     train_targets = ev.train_targets
-    if not train_targets.any():
-        raise DataError(
-            f"{source}: the {data_cfg.split} split leaves no training targets "
-            "(check data.val_fraction / data.test_fraction / data.min_user_events)"
-        )
-    genres = None
-    if "genres" in items.columns:
-        genres = genre_table(items)
-        if not genres.vocabulary:
-            log.info("%s: items column 'genres' is empty for every item: no genre feature", source)
-            genres = None
+    if not train_targets.any() and not partition:
+        raise no_training_targets(source, str(data_cfg.split))
+    if genres is None:
+        genres = catalogue_genres(items, source)
     names = _cfg_list(data_cfg.intents)
     intent_names = list(raw.intents) if names is None else names
     buckets = [int(d) for d in data_cfg.release_buckets_days]
@@ -315,6 +344,14 @@ def _features(
     except DataError as err:  # they name the column or config key; add the source
         raise DataError(f"{source}: {err}") from None
     items_train_count = np.bincount(ordered.item[train_targets], minlength=ids.num_items + 1)
+    truncated = {}
+    if genres is not None:
+        truncated["genre_input_truncated_items"] = genres.truncated_items
+    for spec in feature_specs:  # list extras (logs ``type: multi``), as for genres
+        if spec.kind == "multi_categorical" and spec.name != "genre":
+            truncated[f"{spec.name}_input_truncated_events"] = ev.label_sets(
+                spec.name
+            ).truncated_events
     return _Features(
         ev,
         genres,
@@ -328,7 +365,19 @@ def _features(
         weight,
         weight_info,
         items_train_count,
+        truncated,
     )
+
+
+def catalogue_genres(items: pl.DataFrame, source: str) -> GenreTable | None:
+    """The catalogue's genre table; None without a (non-empty) items column 'genres'."""
+    if "genres" not in items.columns:
+        return None
+    genres = genre_table(items)
+    if not genres.vocabulary:
+        log.info("%s: items column 'genres' is empty for every item: no genre feature", source)
+        return None
+    return genres
 
 
 def _cache_arrays(
@@ -383,12 +432,7 @@ def _stats(
     dropped["events_of_users_below_min_events"] = kept.dropped_events
     # Items-table rows no kept event uses: not in the catalogue, so never scored.
     dropped["items_without_kept_events"] = raw.items.height - ids.num_items
-    if feats.genres is not None:
-        dropped["genre_input_truncated_items"] = feats.genres.truncated_items
-    for spec in feats.feature_specs:  # list extras (logs ``type: multi``), as for genres
-        if spec.kind == "multi_categorical" and spec.name != "genre":
-            truncated = feats.ev.label_sets(spec.name).truncated_events
-            dropped[f"{spec.name}_input_truncated_events"] = truncated
+    dropped.update(feats.truncated)
     timestamp = ordered.timestamp
     return {
         "dataset": raw.name,

@@ -184,19 +184,54 @@ def write_cache(
     If another process finished the same cache first (same fingerprint, so same content),
     its copy is kept and ours discarded.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    writer = CacheWriter(path)
     try:
-        manifest = {}
         for key, array in arrays.items():
-            name = array_file(key)
-            if name in manifest.values():
-                raise DataError(f"cache: two arrays map to the file name {name!r} ({key!r})")
-            np.save(tmp / name, np.ascontiguousarray(array), allow_pickle=False)
-            manifest[key] = name
+            writer.save(key, array)
+        return writer.finish(tables, schema, stats)
+    except BaseException:
+        writer.abort()
+        raise
+
+
+class CacheWriter:
+    """A cache written array by array into a temporary sibling of ``path``, renamed into
+    place by :meth:`finish` (so a half-written cache is never found complete).
+
+    :meth:`new_array` hands out a memory-mapped ``.npy`` to fill in place (a partitioned
+    preparation fills each array partition by partition, never holding it whole).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        self.manifest: dict[str, str] = {}
+
+    def _file(self, key: str) -> Path:
+        name = array_file(key)
+        if name in self.manifest.values():
+            raise DataError(f"cache: two arrays map to the file name {name!r} ({key!r})")
+        self.manifest[key] = name
+        return self.tmp / name
+
+    def save(self, key: str, array: np.ndarray) -> None:
+        np.save(self._file(key), np.ascontiguousarray(array), allow_pickle=False)
+
+    def new_array(self, key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A writable memory-mapped array of the cache, zero-filled."""
+        return np.lib.format.open_memmap(self._file(key), mode="w+", dtype=dtype, shape=shape)
+
+    def finish(
+        self,
+        tables: Mapping[str, pl.DataFrame],
+        schema: DataSchema,
+        stats: Mapping[str, Any],
+    ) -> Path:
+        tmp, path = self.tmp, self.path
         for name, table in tables.items():
             table.write_parquet(tmp / f"{name}.parquet")
-        (tmp / "arrays.json").write_text(json.dumps(manifest, indent=2))
+        (tmp / "arrays.json").write_text(json.dumps(self.manifest, indent=2))
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2, default=_json_default))
         schema.to_json(tmp / "schema.json")
         try:
@@ -205,10 +240,10 @@ def write_cache(
             if not is_complete(path):
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+        return path
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _json_default(value: Any) -> Any:

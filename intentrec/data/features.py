@@ -13,6 +13,7 @@ are not a user's first event — for class counts and weight means).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,65 @@ BUILTIN_FEATURES = (
 
 
 @dataclass
+class SharedStats:
+    """Statistics over all events that one partition of them cannot compute alone.
+
+    The in-memory path computes each from its events (``given`` is empty) and notes it in
+    ``seen``. A partitioned preparation (``partitioned.py``) first builds every partition
+    to collect their ``seen``, merges them (:func:`merge_shared`), then builds each
+    partition again with the merged values ``given``, so that every partition codes, scales
+    and weighs its events exactly as the in-memory path does. Keys:
+
+    - ``vocab/<column>``: sorted distinct text values of an events column;
+    - ``labels/<column>``: (sorted labels, most labels of one row) of an events list column;
+    - ``max/<feature>``: max over the valid train events (None: none);
+    - ``range/<column>``: (min, max) over the valid train events (None: none);
+    - ``rating``: sorted distinct ratings;
+    - ``weight``: :class:`ExactSum` of the training targets' raw weights.
+    """
+
+    given: dict[str, Any] = field(default_factory=dict)
+    seen: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, key: str, compute: Callable[[], Any]) -> Any:
+        """The given value of ``key``, else ``compute()`` (noted in ``seen``)."""
+        if key in self.given:
+            return self.given[key]
+        value = compute()
+        self.seen[key] = value
+        return value
+
+
+def merge_shared(seen: list[dict[str, Any]]) -> dict[str, Any]:
+    """The values over all events from each partition's ``SharedStats.seen``."""
+    merged: dict[str, Any] = {}
+    for key in sorted({k for part in seen for k in part}):
+        values = [part[key] for part in seen if key in part]
+        kind = key.split("/", 1)[0]
+        present = [v for v in values if v is not None]
+        if kind == "vocab":
+            merged[key] = sorted(set().union(*values))
+        elif kind == "labels":
+            merged[key] = (sorted(set().union(*(v[0] for v in values))), max(v[1] for v in values))
+        elif kind == "max":
+            merged[key] = max(present) if present else None
+        elif kind == "range":
+            merged[key] = (
+                (min(v[0] for v in present), max(v[1] for v in present)) if present else None
+            )
+        elif kind == "rating":
+            merged[key] = sorted(set().union(*values))
+        elif kind == "weight":
+            total = values[0]
+            for value in values[1:]:
+                total = total + value
+            merged[key] = total
+        else:
+            raise KeyError(f"shared statistic {key!r}: no merge rule")
+    return merged
+
+
+@dataclass
 class SortedEvents:
     """Encoded events in the total order (user, timestamp, original row): the input here.
 
@@ -74,6 +134,7 @@ class SortedEvents:
     split: np.ndarray
     hidden: frozenset[str] = frozenset()
     label_only: frozenset[str] = frozenset()
+    shared: SharedStats = field(default_factory=SharedStats)
     _codes: dict[str, tuple[np.ndarray, list[str]]] = field(default_factory=dict, repr=False)
     _sets: dict[str, LabelSets] = field(default_factory=dict, repr=False)
 
@@ -98,7 +159,9 @@ class SortedEvents:
         """
         if column not in self._codes:
             if column in self.events.columns:
-                self._codes[column] = text_codes(self.events[column])
+                series = self.events[column]
+                vocabulary = self.shared.get(f"vocab/{column}", lambda: text_vocabulary(series))
+                self._codes[column] = text_codes(series, vocabulary)
             else:
                 item_codes, vocabulary = text_codes(self.items[column])
                 self._codes[column] = (_with_padding_row(item_codes, 0)[self.item], vocabulary)
@@ -114,7 +177,12 @@ class SortedEvents:
         """The labels of a list column of events (else items) per event; memoised."""
         if column not in self._sets:
             if column in self.events.columns:
-                self._sets[column] = label_sets(self.events[column], np.arange(self.item.size))
+                series = self.events[column]
+                vocabulary, most = self.shared.get(
+                    f"labels/{column}", lambda: label_vocabulary(series)
+                )
+                rows = np.arange(self.item.size)
+                self._sets[column] = label_sets(series, rows, vocabulary, most)
             else:
                 self._sets[column] = label_sets(self.items[column], self.item.astype(np.int64) - 1)
         return self._sets[column]
@@ -146,10 +214,21 @@ def label_dtype(num_classes: int) -> type[np.integer]:
     return np.int16 if num_classes < (1 << 15) else np.int32
 
 
-def text_codes(series: pl.Series) -> tuple[np.ndarray, list[str]]:
-    """Codes 1..V over the sorted distinct non-null values (0 = null) and those values."""
+def text_vocabulary(series: pl.Series) -> list[str]:
+    """The sorted distinct non-null values of a column, as text."""
+    return series.cast(pl.Utf8).drop_nulls().unique().sort().to_list()
+
+
+def text_codes(
+    series: pl.Series, vocabulary: list[str] | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """Codes 1..V over the sorted distinct non-null values (0 = null) and those values.
+
+    vocabulary: the values to code by (a superset of the column's; default its own).
+    """
     text = series.cast(pl.Utf8)
-    vocabulary = text.drop_nulls().unique().sort().to_list()
+    if vocabulary is None:
+        vocabulary = text_vocabulary(series)
     physical = text.cast(pl.Enum(vocabulary)).to_physical()  # 0-based, null stays null
     codes = physical.cast(pl.Int64).fill_null(-1).to_numpy() + 1
     return codes.astype(code_dtype(len(vocabulary) + 1)), vocabulary
@@ -171,14 +250,24 @@ def _item_column(ev: SortedEvents, column: str) -> pl.Series:
 
 
 def _scaled_log1p(
-    values: np.ndarray, valid: np.ndarray | None, train: np.ndarray
+    values: np.ndarray,
+    valid: np.ndarray | None,
+    train: np.ndarray,
+    name: str,
+    shared: SharedStats,
 ) -> tuple[np.ndarray, float]:
     """log1p(max(v, 0)) / log1p(max over valid training events), clipped to [0, 1].
 
     0 where invalid (valid=None: all valid). Float32 in place: this runs on every event.
+    name: the feature, whose training max ``shared`` holds as ``max/<name>``.
     """
-    reference = values[train if valid is None else valid & train]
-    scale = float(np.log1p(max(float(reference.max()), 0.0))) if reference.size else 0.0
+
+    def train_max() -> float | None:
+        reference = values[train if valid is None else valid & train]
+        return float(reference.max()) if reference.size else None
+
+    top = shared.get(f"max/{name}", train_max)
+    scale = float(np.log1p(max(top, 0.0))) if top is not None else 0.0
     if scale <= 0.0:
         return np.zeros(values.shape, dtype=np.float32), scale
     out = values.astype(np.float32)  # [n]
@@ -271,23 +360,47 @@ class LabelSets:
         return np.rint(counts).astype(int).tolist()
 
 
-def label_sets(column: pl.Series, row_of_event: np.ndarray) -> LabelSets:
-    """Distinct labels of each row of a List[Utf8] ``column``, gathered per event
-    (``row_of_event``: int64 [n], the row of each event)."""
-    rows = column.len()
-    pairs = (
-        pl.DataFrame({"row": np.arange(rows, dtype=np.int64), "label": column})
+def _label_pairs(column: pl.Series) -> pl.DataFrame:
+    """The distinct (row, label) pairs of a List[Utf8] column."""
+    return (
+        pl.DataFrame({"row": np.arange(column.len(), dtype=np.int64), "label": column})
         .explode("label")
         .drop_nulls("label")
         .unique(["row", "label"])
     )
-    vocabulary = pairs["label"].unique().sort().to_list()
+
+
+def label_vocabulary(column: pl.Series) -> tuple[list[str], int]:
+    """(sorted distinct labels, most distinct labels of one row) of a List[Utf8] column."""
+    pairs = _label_pairs(column)
+    most = int(pairs["row"].value_counts()["count"].max() or 0) if pairs.height else 0
+    return pairs["label"].unique().sort().to_list(), most
+
+
+def label_sets(
+    column: pl.Series,
+    row_of_event: np.ndarray,
+    vocabulary: list[str] | None = None,
+    most: int | None = None,
+) -> LabelSets:
+    """Distinct labels of each row of a List[Utf8] ``column``, gathered per event
+    (``row_of_event``: int64 [n], the row of each event).
+
+    vocabulary / most: the labels to code by and the most labels of a row, over more rows
+    than this column's (a partition's events; see ``SharedStats``); default its own.
+    """
+    rows = column.len()
+    pairs = _label_pairs(column)
+    if vocabulary is None:
+        vocabulary = pairs["label"].unique().sort().to_list()
     label = pairs["label"].cast(pl.Enum(vocabulary)).to_physical().to_numpy().astype(np.int64)
     row = pairs["row"].to_numpy().astype(np.int64)
     order = np.lexsort((label, row))
     row, label = row[order], label[order]
     per_row = np.bincount(row, minlength=rows)  # [rows]
-    max_values = max(1, min(int(per_row.max()) if rows else 0, MAX_GENRES_PER_EVENT))
+    if most is None:
+        most = int(per_row.max()) if rows else 0
+    max_values = max(1, min(most, MAX_GENRES_PER_EVENT))
     rank = np.arange(row.size) - (np.cumsum(per_row) - per_row)[row]  # rank within its row
     kept = rank < max_values
     codes = np.zeros((rows, max_values), dtype=code_dtype(len(vocabulary) + 1))
@@ -332,6 +445,7 @@ def input_features(
     arrays: dict[str, np.ndarray] = {}
     scales: dict[str, Any] = {}
     train = ev.train_events
+    shared = ev.shared
 
     def categorical(name: str, codes: np.ndarray, vocabulary: list[str]) -> None:
         if name in ev.label_only:  # a label of the next event, never an input
@@ -354,7 +468,7 @@ def input_features(
     # 1970-01-01 was a Thursday: (days + 3) % 7 is 0 on Mondays.
     categorical("weekday", (day + 3) % 7 + 1, list(WEEKDAYS))
     if "rating" in ev.events.columns:
-        categorical("rating", *_rating_codes(ev.events["rating"]))
+        categorical("rating", *_rating_codes(ev.events["rating"], shared))
 
     event_extras, item_extras = ev.extra_columns()
     taken = set(BUILTIN_FEATURES)
@@ -416,27 +530,30 @@ def input_features(
     if "duration" in ev.events.columns:
         duration = ev.events["duration"].cast(pl.Float64).to_numpy()
         valid = ~np.isnan(duration)
-        values, scale = _scaled_log1p(np.nan_to_num(duration), valid, train)
+        values, scale = _scaled_log1p(np.nan_to_num(duration), valid, train, "duration", shared)
         numeric("duration", values)
         scales["duration"] = {"train_max_log1p": scale}
 
     if "release_ts" in ev.items.columns:
         release, has_release = release_per_event(ev)
         age_days = (ts - release) / 86400.0
-        values, scale = _scaled_log1p(age_days, has_release, train)
+        values, scale = _scaled_log1p(age_days, has_release, train, "time_since_release", shared)
         numeric("time_since_release", values)
         scales["time_since_release"] = {"train_max_log1p_days": scale}
 
-    values, scale = _scaled_log1p(ev.session_position, None, train)
+    values, scale = _scaled_log1p(ev.session_position, None, train, "session_position", shared)
     numeric("session_position", values)
     scales["session_position"] = {"train_max_log1p": scale}
 
     for name, series in numeric_extras:
         raw = series.cast(pl.Float64).to_numpy()
         valid = ~np.isnan(raw)
-        reference = raw[valid & train]
-        low = float(reference.min()) if reference.size else 0.0
-        high = float(reference.max()) if reference.size else 0.0
+
+        def train_range(raw: np.ndarray = raw, valid: np.ndarray = valid) -> tuple | None:
+            reference = raw[valid & train]
+            return (float(reference.min()), float(reference.max())) if reference.size else None
+
+        low, high = shared.get(f"range/{name}", train_range) or (0.0, 0.0)
         span = high - low
         scaled = np.clip((np.nan_to_num(raw) - low) / span, 0, 1) if span > 0 else 0.0 * raw
         numeric(name, np.where(valid, scaled, 0.0))
@@ -444,10 +561,12 @@ def input_features(
     return specs, arrays, scales
 
 
-def _rating_codes(rating: pl.Series) -> tuple[np.ndarray, list[str]]:
+def _rating_codes(rating: pl.Series, shared: SharedStats) -> tuple[np.ndarray, list[str]]:
     values = rating.cast(pl.Float64).to_numpy()
     valid = ~np.isnan(values)
-    distinct = np.unique(values[valid])
+    distinct = np.asarray(
+        shared.get("rating", lambda: np.unique(values[valid]).tolist()), dtype=np.float64
+    )
     codes = np.where(valid, np.searchsorted(distinct, np.nan_to_num(values)) + 1, 0)
     integral = bool(np.all(distinct == np.round(distinct)))
     names = [str(int(v)) if integral else f"{v:g}" for v in distinct]

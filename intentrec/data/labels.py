@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 
 from intentrec.data.errors import DataError
+from intentrec.data.exact_sum import ExactSum
 from intentrec.data.features import (
     ENGAGEMENT_CLASSES,
     IGNORE_INDEX,
@@ -161,15 +162,16 @@ def target_weights(
     values = ev.events[column].cast(pl.Float64).to_numpy()
     has_value = ~np.isnan(values)
     raw = np.log1p(np.maximum(values, 0.0)) if mode == "log1p" else values
-    reference = raw[has_value & ev.train_targets]
-    if reference.size == 0:
+    total = ev.shared.get("weight", lambda: ExactSum.of(raw[has_value & ev.train_targets]))
+    if total.count == 0:
         log.warning("duration weight: no training target has a %r value; all weights 1", column)
         info["events_without_value"] = int((~has_value).sum())
         return np.ones(n, dtype=np.float32), info
-    mean = float(reference.mean())
+    # Exact, so a partitioned preparation gets the same mean from its partitions' sums.
+    mean = total.mean()
     if mean <= 0.0 or not np.isfinite(mean):
         raise DataError(
-            f"events column {column!r}: mean {mode} weight over {reference.size} training "
+            f"events column {column!r}: mean {mode} weight over {total.count} training "
             "targets is not positive; set data.duration_weight=none"
         )
     weights = np.where(has_value, raw / mean, 1.0).astype(np.float32)

@@ -108,11 +108,26 @@ def _kth_smallest(values: np.ndarray, ranks: list[int]) -> list[int | None]:
     return [int(picked[r]) if r < values.size else None for r in ranks]
 
 
-def _temporal(timestamp: np.ndarray, val_fraction: float, test_fraction: float) -> SplitResult:
+def temporal_cutoffs(
+    timestamp: np.ndarray, val_fraction: float, test_fraction: float
+) -> tuple[int | None, int | None]:
+    """The validation and test cutoffs of the events' timestamps (in any order)."""
     n = timestamp.size
     val_rank = round(n * (1.0 - val_fraction - test_fraction))
     test_rank = round(n * (1.0 - test_fraction))
     val_cutoff, test_cutoff = _kth_smallest(timestamp, [val_rank, test_rank])
+    return val_cutoff, test_cutoff
+
+
+def _temporal(timestamp: np.ndarray, val_fraction: float, test_fraction: float) -> SplitResult:
+    return temporal_tags(timestamp, *temporal_cutoffs(timestamp, val_fraction, test_fraction))
+
+
+def temporal_tags(
+    timestamp: np.ndarray, val_cutoff: int | None, test_cutoff: int | None
+) -> SplitResult:
+    """Tags by the given cutoffs (of all events: one partition of them gets the global ones)."""
+    n = timestamp.size
     tags = np.zeros(n, dtype=np.int8)
     if val_cutoff is not None:
         tags += timestamp >= val_cutoff
@@ -142,21 +157,26 @@ def _leave_last_out(user_offsets: np.ndarray) -> SplitResult:
 def _random_user(
     user_offsets: np.ndarray, val_fraction: float, test_fraction: float, seed: int
 ) -> SplitResult:
-    num_users = user_offsets.size - 1
-    counts = np.diff(user_offsets)
+    user_tag, info = random_user_tags(user_offsets.size - 1, val_fraction, test_fraction, seed)
+    return SplitResult(np.repeat(user_tag, np.diff(user_offsets)), info)
+
+
+def random_user_tags(
+    num_users: int, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """int8 [num_users] tag of users 1..num_users (row u - 1), and the split's info."""
     permutation = np.random.default_rng(seed).permutation(num_users)
     num_test = round(num_users * test_fraction)
     num_val = round(num_users * val_fraction)
     user_tag = np.zeros(num_users, dtype=np.int8)
     user_tag[permutation[:num_test]] = TEST
     user_tag[permutation[num_test : num_test + num_val]] = VAL
-    tags = np.repeat(user_tag, counts)
     info = {
         "seed": int(seed),
         "users": {name: int((user_tag == k).sum()) for k, name in enumerate(SPLIT_NAMES)},
         "rule": "users permuted by numpy default_rng(seed): test, then val, rest train",
     }
-    return SplitResult(tags, info)
+    return user_tag, info
 
 
 def split_table(
