@@ -8,6 +8,11 @@ alone and nothing is reused from an earlier cache. Timed separately:
 * pipeline: ``intentrec.data.prepare.prepare(data_cfg, raw)`` = validate the tables, encode
   ids, sort, sessionise, split, features / labels / weights, write the cache.
 
+Each size also runs with ``data.partitions`` = ``PARTITIONS`` (``--partitions``): the same
+cache built a partition of users at a time (``intentrec/data/partitioned.py``); its figures
+are labelled ``data/<size>/p<N>/...``. The input tables are in memory in both, so the
+difference is the preparation's own working memory.
+
 Linear scaling is shown as ratios between the largest and the smallest size of the time per
 event and of the memory per event (peak RSS minus the process's RSS after imports); 1.0 is
 perfectly linear.
@@ -38,6 +43,7 @@ from benchmarks.common import (
 ITEMS = 10_000  # fixed catalogue, so the sizes differ in events only
 DEFAULT_SIZES = (1_000_000, 10_000_000)
 QUICK_SIZES = (20_000, 100_000)
+PARTITIONS = 8  # the partitioned run of each size (1 = none)
 
 
 def worker(args: dict[str, Any]) -> dict[str, Any]:
@@ -53,7 +59,9 @@ def worker(args: dict[str, Any]) -> dict[str, Any]:
     users = synthetic_size(events)
     cache = Path(tempfile.mkdtemp(prefix="bench-data-", dir=args.get("tmp")))
     try:
-        cfg = load(overrides=synthetic_overrides(events, int(args.get("items", ITEMS)), cache)).data
+        overrides = synthetic_overrides(events, int(args.get("items", ITEMS)), cache)
+        partitions = int(args.get("partitions", 1))
+        cfg = load(overrides=[*overrides, f"data.partitions={partitions}"]).data
         start = time.perf_counter()
         raw = generate(_synthetic_config(cfg.synthetic), int(cfg.seed))
         generated = time.perf_counter()
@@ -68,6 +76,7 @@ def worker(args: dict[str, Any]) -> dict[str, Any]:
             "users": users,
             "items": int(cfg.synthetic["items"]),  # .items is the dict method
             "polars_threads": _polars_threads(),
+            "partitions": partitions,
             "generate_s": generated - start,
             "pipeline_s": done - generated,
             "steps_s": prepared.seconds,
@@ -87,72 +96,91 @@ def _polars_threads() -> int:
     return int(getter()) if getter else -1
 
 
-def run(rep: Reporter, sizes: list[int] | None, quick: bool, tmp: str | None = None) -> None:
+def run(
+    rep: Reporter,
+    sizes: list[int] | None,
+    quick: bool,
+    tmp: str | None = None,
+    partitions: int = PARTITIONS,
+) -> None:
     sizes = sorted(sizes or (QUICK_SIZES if quick else DEFAULT_SIZES))
     results: list[dict[str, Any]] = []
     for size in sizes:
-        label = human_count(size)
-        log(f"data: {label} events (generate + validate + prepare, own process)")
-        try:
-            r = run_worker("benchmarks.data_bench", {"events": size, "tmp": tmp})
-        except Exception as err:  # noqa: BLE001 - one size failing must not stop the rest
-            rep.error("data", f"data/{label}", err)
-            continue
-        results.append(r)
-        n = r["events"]
-        params = {
-            "events": n,
-            "users": r["users"],
-            "items": r["items"],
-            "events_per_user": SYNTHETIC_EVENTS_PER_USER,
-            "polars_threads": r["polars_threads"],
-        }
-        total = r["generate_s"] + r["pipeline_s"]
-        rep.emit("data", f"data/{label}/generate", n / r["generate_s"], "events/s", params)
-        rep.emit(
-            "data",
-            f"data/{label}/pipeline",
-            n / r["pipeline_s"],
-            "events/s",
-            params,
-            steps_s=r["steps_s"],
-        )
-        rep.emit("data", f"data/{label}/total", n / total, "events/s", params, seconds=total)
-        rep.emit("data", f"data/{label}/peak_rss", r["peak_rss"] / 2**20, "MiB", params)
-        rep.emit(
-            "data",
-            f"data/{label}/rss_per_event",
-            (r["peak_rss"] - r["base_rss"]) / n,
-            "B/event",
-            params,
-            base_rss_mib=round(r["base_rss"] / 2**20, 1),
-        )
-        rep.emit("data", f"data/{label}/cache_size", r["cache_bytes"] / n, "B/event", params)
+        for parts in sorted({1, partitions}):
+            result = _run_size(rep, size, parts, tmp)
+            if result is not None and parts == 1:
+                results.append(result)
     if len(results) >= 2:
-        small, large = results[0], results[-1]
-        ratio_params = {"large": large["events"], "small": small["events"]}
-        tag = f"{human_count(sizes[-1])}_vs_{human_count(sizes[0])}"
+        _scaling(rep, sizes, results)
 
-        def per_event_time(r: dict[str, Any]) -> float:
-            return (r["generate_s"] + r["pipeline_s"]) / r["events"]
 
-        def per_event_rss(r: dict[str, Any]) -> float:
-            return max(r["peak_rss"] - r["base_rss"], 1) / r["events"]
+def _run_size(rep: Reporter, size: int, partitions: int, tmp: str | None) -> dict | None:
+    label = human_count(size) + (f"/p{partitions}" if partitions > 1 else "")
+    log(f"data: {label} events (generate + validate + prepare, own process)")
+    try:
+        args = {"events": size, "tmp": tmp, "partitions": partitions}
+        r = run_worker("benchmarks.data_bench", args)
+    except Exception as err:  # noqa: BLE001 - one size failing must not stop the rest
+        rep.error("data", f"data/{label}", err)
+        return None
+    n = r["events"]
+    params = {
+        "events": n,
+        "users": r["users"],
+        "items": r["items"],
+        "events_per_user": SYNTHETIC_EVENTS_PER_USER,
+        "polars_threads": r["polars_threads"],
+        "partitions": partitions,
+    }
+    total = r["generate_s"] + r["pipeline_s"]
+    rep.emit("data", f"data/{label}/generate", n / r["generate_s"], "events/s", params)
+    rep.emit(
+        "data",
+        f"data/{label}/pipeline",
+        n / r["pipeline_s"],
+        "events/s",
+        params,
+        steps_s=r["steps_s"],
+    )
+    rep.emit("data", f"data/{label}/total", n / total, "events/s", params, seconds=total)
+    rep.emit("data", f"data/{label}/peak_rss", r["peak_rss"] / 2**20, "MiB", params)
+    rep.emit(
+        "data",
+        f"data/{label}/rss_per_event",
+        (r["peak_rss"] - r["base_rss"]) / n,
+        "B/event",
+        params,
+        base_rss_mib=round(r["base_rss"] / 2**20, 1),
+    )
+    rep.emit("data", f"data/{label}/cache_size", r["cache_bytes"] / n, "B/event", params)
+    return r
 
-        rep.emit(
-            "data",
-            f"data/scaling/{tag}/time_per_event_ratio",
-            per_event_time(large) / per_event_time(small),
-            "x (1 = linear)",
-            ratio_params,
-        )
-        rep.emit(
-            "data",
-            f"data/scaling/{tag}/rss_per_event_ratio",
-            per_event_rss(large) / per_event_rss(small),
-            "x (1 = linear)",
-            ratio_params,
-        )
+
+def _scaling(rep: Reporter, sizes: list[int], results: list[dict[str, Any]]) -> None:
+    small, large = results[0], results[-1]
+    ratio_params = {"large": large["events"], "small": small["events"]}
+    tag = f"{human_count(sizes[-1])}_vs_{human_count(sizes[0])}"
+
+    def per_event_time(r: dict[str, Any]) -> float:
+        return (r["generate_s"] + r["pipeline_s"]) / r["events"]
+
+    def per_event_rss(r: dict[str, Any]) -> float:
+        return max(r["peak_rss"] - r["base_rss"], 1) / r["events"]
+
+    rep.emit(
+        "data",
+        f"data/scaling/{tag}/time_per_event_ratio",
+        per_event_time(large) / per_event_time(small),
+        "x (1 = linear)",
+        ratio_params,
+    )
+    rep.emit(
+        "data",
+        f"data/scaling/{tag}/rss_per_event_ratio",
+        per_event_rss(large) / per_event_rss(small),
+        "x (1 = linear)",
+        ratio_params,
+    )
 
 
 if __name__ == "__main__":

@@ -42,6 +42,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="data section: event counts, e.g. 1M,10M,100M (default 1M,10M; quick 20k,100k)",
     )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=None,
+        help="data section: also prepare each size in this many partitions (default 8; 1: not)",
+    )
     parser.add_argument("--runs", default="runs", help="quality: where `make train` wrote its runs")
     parser.add_argument(
         "--train-quality",
@@ -108,7 +114,12 @@ def main(argv: list[str] | None = None) -> int:
             if section == "data":
                 from benchmarks import data_bench
 
-                data_bench.run(rep, args.size_list, args.quick)
+                data_bench.run(
+                    rep,
+                    args.size_list,
+                    args.quick,
+                    partitions=args.partitions or data_bench.PARTITIONS,
+                )
             elif section == "train":
                 from benchmarks import train_bench
 

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 EXPECTED = [
     *(
         f"data/{size}/{what}"
-        for size in ("20k", "100k")
+        for size in ("20k", "100k", "20k/p8", "100k/p8")
         for what in ("generate", "pipeline", "total", "peak_rss", "rss_per_event", "cache_size")
     ),
     "data/scaling/100k_vs_20k/time_per_event_ratio",
@@ -150,6 +150,10 @@ def test_quick_run_values_are_sane(quick_run) -> None:
         assert total < by_name[f"data/{size}/pipeline"]["value"]
         assert 20 < by_name[f"data/{size}/peak_rss"]["value"] < 8_000  # MiB
         assert 10 < by_name[f"data/{size}/cache_size"]["value"] < 1_000  # bytes per event
+        # In 8 partitions: the same cache (tests/data/test_partitioned.py), so the same size.
+        same = by_name[f"data/{size}/p8/cache_size"]["value"]
+        assert same == pytest.approx(by_name[f"data/{size}/cache_size"]["value"], rel=1e-3)
+        assert by_name[f"data/{size}/p8/cache_size"]["params"]["partitions"] == 8
     # Train: the size stated, targets/s consistent with ms/step, V3 costs more than V0.
     sasrec = by_name["train/sasrec/fp32/ms_per_step"]
     assert sasrec["params"]["batch"] == 64 and sasrec["params"]["seq_len"] == 50
