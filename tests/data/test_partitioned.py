@@ -30,7 +30,9 @@ def assert_same_cache(a: Path, b: Path) -> None:
         assert np.array_equal(array, theirs, equal_nan=array.dtype.kind == "f"), key
     for table in sorted(p.name for p in a.glob("*.parquet")):
         assert pl.read_parquet(a / table).equals(pl.read_parquet(b / table)), table
-    assert sorted(p.name for p in a.glob("*.parquet")) == sorted(p.name for p in b.glob("*.parquet"))
+    assert sorted(p.name for p in a.glob("*.parquet")) == sorted(
+        p.name for p in b.glob("*.parquet")
+    )
     for name in ("schema.json", "stats.json"):
         assert json.loads((a / name).read_text()) == json.loads((b / name).read_text()), name
 
