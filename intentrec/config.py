@@ -55,6 +55,9 @@ class SyntheticConfig:
     # shows it; action_type becomes the planted intent as a next-event LABEL only (never
     # an input). See intentrec/data/recipes/synthetic.py.
     hidden_intent: bool = False
+    # > 0: generate this many users at a time, never the whole log (with data.partitions
+    # > 1, for logs larger than memory): the same distribution, not the same log as 0.
+    chunk_users: int = 0
 
 
 @dataclass
@@ -441,6 +444,7 @@ RANGES: dict[str, Range | Each | Batches] = {
     # A user's first event is only an input (never a target): one event gives nothing.
     "data.min_user_events": Range(2),
     "data.partitions": AT_LEAST_1,
+    "data.synthetic.chunk_users": NON_NEGATIVE,
     "data.release_buckets_days": Each(POSITIVE, min_len=1, increasing=True),
     "data.max_len": Range(2),
     "data.batch_size": POSITIVE,

@@ -25,9 +25,15 @@ REPO = Path(__file__).resolve().parent.parent
 EXPECTED = [
     *(
         f"data/{size}/{what}"
-        for size in ("20k", "100k", "20k/p8", "100k/p8")
+        for size in ("20k", "100k")
         for what in ("generate", "pipeline", "total", "peak_rss", "rss_per_event", "cache_size")
     ),
+    *(
+        f"data/{size}/p8/{what}"
+        for size in ("20k", "100k")
+        for what in ("total", "peak_rss", "rss_per_event", "cache_size")
+    ),
+    "data/scaling/partitioned/100k_vs_20k/time_per_event_ratio",
     "data/scaling/100k_vs_20k/time_per_event_ratio",
     "data/scaling/100k_vs_20k/rss_per_event_ratio",
     "train/loader/batch",
@@ -150,10 +156,14 @@ def test_quick_run_values_are_sane(quick_run) -> None:
         assert total < by_name[f"data/{size}/pipeline"]["value"]
         assert 20 < by_name[f"data/{size}/peak_rss"]["value"] < 8_000  # MiB
         assert 10 < by_name[f"data/{size}/cache_size"]["value"] < 1_000  # bytes per event
-        # In 8 partitions: the same cache (tests/data/test_partitioned.py), so the same size.
-        same = by_name[f"data/{size}/p8/cache_size"]["value"]
-        assert same == pytest.approx(by_name[f"data/{size}/cache_size"]["value"], rel=1e-3)
-        assert by_name[f"data/{size}/p8/cache_size"]["params"]["partitions"] == 8
+        # In 8 partitions the log is generated in chunks (the same distribution, another
+        # log), so its cache is about, not exactly, as large; the events are all counted.
+        parted = by_name[f"data/{size}/p8/cache_size"]
+        assert parted["value"] == pytest.approx(
+            by_name[f"data/{size}/cache_size"]["value"], rel=0.2
+        )
+        assert parted["params"]["partitions"] == 8
+        assert parted["params"]["events"] > 0.5 * by_name[f"data/{size}/total"]["params"]["events"]
     # Train: the size stated, targets/s consistent with ms/step, V3 costs more than V0.
     sasrec = by_name["train/sasrec/fp32/ms_per_step"]
     assert sasrec["params"]["batch"] == 64 and sasrec["params"]["seq_len"] == 50

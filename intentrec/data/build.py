@@ -86,8 +86,9 @@ def build(
     lap("features")
     arrays = _cache_arrays(ordered, sessions, split, feats)
     tables = _cache_tables(ids, feats.ev, hidden)
-    stats = _stats(raw, data_cfg, digest, hidden, kept, ids, ordered, sessions, split, feats)
-    schema = _schema(raw, data_cfg, digest, hidden, ids, ordered, feats)
+    counts = event_counts(ordered, sessions, split, ids.num_users, feats.items_train_count)
+    stats = _stats(raw, data_cfg, digest, hidden, kept, ids, counts, split.info, feats)
+    schema = _schema(raw, data_cfg, digest, hidden, ids, ordered.n, feats)
     return arrays, tables, schema, stats
 
 
@@ -413,6 +414,55 @@ def _cache_tables(ids: _Ids, ev: SortedEvents, hidden: frozenset[str]) -> dict[s
     return tables
 
 
+@dataclass
+class EventCounts:
+    """The counts of stats.json that need every event (a partitioned build adds them up)."""
+
+    events: int
+    sessions: int
+    time_min: int
+    time_max: int
+    split: dict[str, Any]  # _split_counts
+
+    def __add__(self, other: EventCounts) -> EventCounts:
+        split = {"first_events": self.split["first_events"] + other.split["first_events"]}
+        for name in SPLIT_NAMES:
+            mine, theirs = self.split[name], other.split[name]
+            split[name] = {k: mine[k] + theirs[k] for k in mine}
+        return EventCounts(
+            self.events + other.events,
+            self.sessions + other.sessions,
+            min(self.time_min, other.time_min),
+            max(self.time_max, other.time_max),
+            split,
+        )
+
+
+def event_counts(
+    ordered: _Ordered,
+    sessions: _Sessions,
+    split: SplitResult,
+    num_users: int,
+    items_train_count: np.ndarray,
+) -> EventCounts:
+    """Counts of these events (all, or one partition's with the global item counts)."""
+    timestamp = ordered.timestamp
+    return EventCounts(
+        ordered.n,
+        int(sessions.new_session.sum()),
+        int(timestamp.min()),
+        int(timestamp.max()),
+        _split_counts(
+            split.tags,
+            ordered.is_first,
+            ordered.user,
+            num_users,
+            ordered.item,
+            items_train_count,
+        ),
+    )
+
+
 def _stats(
     raw: RawTables,
     data_cfg: Any,
@@ -420,9 +470,8 @@ def _stats(
     hidden: frozenset[str],
     kept: _KeptUsers,
     ids: _Ids,
-    ordered: _Ordered,
-    sessions: _Sessions,
-    split: SplitResult,
+    counts: EventCounts,
+    split_info: dict[str, Any],
     feats: _Features,
 ) -> dict[str, Any]:
     """Step 7c: stats.json: counts, time span, what was dropped, splits, weights, intents."""
@@ -433,31 +482,20 @@ def _stats(
     # Items-table rows no kept event uses: not in the catalogue, so never scored.
     dropped["items_without_kept_events"] = raw.items.height - ids.num_items
     dropped.update(feats.truncated)
-    timestamp = ordered.timestamp
     return {
         "dataset": raw.name,
         "source": raw.source,
         "fingerprint": digest,
         "num_users": ids.num_users,
         "num_items": ids.num_items,
-        "num_events": ordered.n,
-        "num_sessions": int(sessions.new_session.sum()),
-        "time_min": int(timestamp.min()),
-        "time_max": int(timestamp.max()),
-        "time_min_iso": iso(int(timestamp.min())),
-        "time_max_iso": iso(int(timestamp.max())),
+        "num_events": counts.events,
+        "num_sessions": counts.sessions,
+        "time_min": counts.time_min,
+        "time_max": counts.time_max,
+        "time_min_iso": iso(counts.time_min),
+        "time_max_iso": iso(counts.time_max),
         "dropped": dropped,
-        "split": {
-            **split.info,
-            **_split_counts(
-                split.tags,
-                ordered.is_first,
-                ordered.user,
-                ids.num_users,
-                ordered.item,
-                feats.items_train_count,
-            ),
-        },
+        "split": {**split_info, **counts.split},
         "weight": feats.weight_info,
         "numeric_scales": feats.scales,
         "intents": feats.intent_info,
@@ -472,7 +510,7 @@ def _schema(
     digest: str,
     hidden: frozenset[str],
     ids: _Ids,
-    ordered: _Ordered,
+    num_events: int,
     feats: _Features,
 ) -> DataSchema:
     """Step 7d: schema.json: what the model side needs (sizes, features, intents)."""
@@ -484,7 +522,7 @@ def _schema(
         intents=feats.intent_specs,
         fingerprint=digest,
         split=str(data_cfg.split),
-        num_events=ordered.n,
+        num_events=num_events,
         extra={
             "numeric_scales": feats.scales,
             "release_buckets_days": feats.buckets,

@@ -138,6 +138,8 @@ def fingerprint_config(data_cfg: Any) -> dict[str, Any]:
         # the fingerprint (and cache) it had before they existed.
         if not out["synthetic"].get("hidden_intent", False):
             out["synthetic"].pop("hidden_intent", None)
+        if not out["synthetic"].get("chunk_users", 0):
+            out["synthetic"].pop("chunk_users", None)
     return out
 
 
@@ -198,8 +200,8 @@ class CacheWriter:
     """A cache written array by array into a temporary sibling of ``path``, renamed into
     place by :meth:`finish` (so a half-written cache is never found complete).
 
-    :meth:`new_array` hands out a memory-mapped ``.npy`` to fill in place (a partitioned
-    preparation fills each array partition by partition, never holding it whole).
+    :meth:`new_file` names the file of an array written in pieces (a partitioned
+    preparation appends each array window by window, never holding it whole).
     """
 
     def __init__(self, path: Path) -> None:
@@ -218,9 +220,9 @@ class CacheWriter:
     def save(self, key: str, array: np.ndarray) -> None:
         np.save(self._file(key), np.ascontiguousarray(array), allow_pickle=False)
 
-    def new_array(self, key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """A writable memory-mapped array of the cache, zero-filled."""
-        return np.lib.format.open_memmap(self._file(key), mode="w+", dtype=dtype, shape=shape)
+    def new_file(self, key: str) -> Path:
+        """The file of array ``key``, for an array written in pieces (``.npy`` format)."""
+        return self._file(key)
 
     def finish(
         self,
@@ -244,6 +246,10 @@ class CacheWriter:
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def table_file(self, name: str) -> Path:
+        """Where :meth:`finish` looks for a table written in pieces (not passed to it)."""
+        return self.tmp / f"{name}.parquet"
 
 
 def _json_default(value: Any) -> Any:

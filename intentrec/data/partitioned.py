@@ -31,14 +31,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 
 from intentrec.data.build import (
+    EventCounts,
     _cache_arrays,
     _catalogue,
     _Features,
@@ -54,10 +58,11 @@ from intentrec.data.build import (
     _sort_events,
     _stats,
     catalogue_genres,
+    event_counts,
     no_training_targets,
     no_users_left,
 )
-from intentrec.data.cache import CacheWriter
+from intentrec.data.cache import CacheWriter, array_file
 from intentrec.data.features import GenreTable, SharedStats, merge_shared
 from intentrec.data.ids import dense_codes, duplicate_rows
 from intentrec.data.raw import RawTables
@@ -73,6 +78,7 @@ from intentrec.data.splits import (
 
 log = logging.getLogger(__name__)
 
+WINDOW_EVENTS = 1 << 22  # events per window of the merge (memory: one window per array)
 # Arrays of the whole cache, not of a partition's events: written once from the summaries.
 _GLOBAL_ARRAYS = ("user_offsets", "items_train_count")
 
@@ -126,35 +132,87 @@ class _Global:
     items_train_count: np.ndarray | None = None  # int64 [I + 1]
 
 
+class PartitionSource:
+    """The events of each partition, in input row order, with their input rows."""
+
+    count: int
+
+    def parts(self) -> Iterator[tuple[int, pl.DataFrame, np.ndarray]]:
+        """(partition index, its events, int64 input row of each) for each partition."""
+        raise NotImplementedError
+
+
+class MemoryPartitions(PartitionSource):
+    """Partitions of events already in memory (``RawTables.events``), by user hash."""
+
+    def __init__(self, events: pl.DataFrame, count: int) -> None:
+        self.events, self.count = events, count
+        of_event = partition_of(events["user_id"], count)
+        self.rows = [np.flatnonzero(of_event == p) for p in range(count)]
+
+    def parts(self) -> Iterator[tuple[int, pl.DataFrame, np.ndarray]]:
+        for p, rows in enumerate(self.rows):
+            yield p, self.events[rows], rows
+
+
+class FilePartitions(PartitionSource):
+    """Partitions written to parquet files chunk by chunk (:func:`scatter`): events never
+    held whole; a partition is read as its chunks' files in order."""
+
+    def __init__(self, folder: Path, count: int) -> None:
+        self.folder, self.count = folder, count
+
+    def parts(self) -> Iterator[tuple[int, pl.DataFrame, np.ndarray]]:
+        for p in range(self.count):
+            files = sorted((self.folder / f"p{p:05d}").glob("*.parquet"))
+            if not files:
+                continue
+            frame = pl.read_parquet(files)
+            yield p, frame.drop(_ROW), frame[_ROW].to_numpy()
+
+
+_ROW = "_input_row"  # the global input row of each event in a partition file
+
+
+def scatter(chunks: Iterable[pl.DataFrame], count: int, folder: Path) -> int:
+    """Write each chunk's events to the parquet file of its partition (one file per chunk
+    and partition, with each event's global input row); returns the number of events."""
+    rows = 0
+    for k, chunk in enumerate(chunks):
+        part = pl.Series("_partition", partition_of(chunk["user_id"], count))
+        frame = chunk.with_columns(
+            pl.int_range(rows, rows + chunk.height, dtype=pl.Int64).alias(_ROW), part
+        )
+        for (p,), events in frame.partition_by("_partition", as_dict=True).items():
+            target = folder / f"p{int(p):05d}"
+            target.mkdir(parents=True, exist_ok=True)
+            events.drop("_partition").write_parquet(target / f"{k:07d}.parquet")
+        rows += chunk.height
+    return rows
+
+
 def build_partitioned(
     raw: RawTables,
+    source_parts: PartitionSource,
     data_cfg: Any,
     hidden: frozenset[str],
     digest: str,
-    path: Any,
+    path: Path,
     lap: Callable[[str], None],
 ) -> tuple[DataSchema, dict[str, Any]]:
-    """Write the cache of ``raw`` at ``path`` in ``data.partitions`` partitions of users.
+    """Write the cache at ``path`` from the partitions of ``source_parts``.
 
-    Returns its schema and stats; the arrays and tables are those ``build.build`` gives.
+    raw: the tables' description and the whole items table (its events are not used).
+    Returns the schema and stats; arrays and tables are those ``build.build`` gives.
     """
     source = raw.source or raw.name
-    count = int(data_cfg.partitions)
-    of_event = partition_of(raw.events["user_id"], count)
-    rows_of = [np.flatnonzero(of_event == p) for p in range(count)]
-    del of_event
-    log.info(
-        "%s: %d partitions of users, %d-%d events each",
-        source,
-        count,
-        min(r.size for r in rows_of),
-        max(r.size for r in rows_of),
-    )
+    count = source_parts.count
 
-    def parts():
-        for p, rows in enumerate(rows_of):
+    def parts() -> Iterator[_Part]:
+        for p, events, rows in source_parts.parts():
             if rows.size:
-                yield _open_part(raw, rows, data_cfg, source, f" (partition {p + 1}/{count})")
+                label = f" (partition {p + 1}/{count})"
+                yield _open_part(raw, events, rows, data_cfg, source, label)
 
     glob = _keep_pass(parts(), raw, data_cfg, source)
     lap("keep")
@@ -171,8 +229,14 @@ def build_partitioned(
     return schema, stats
 
 
-def _open_part(raw: RawTables, rows: np.ndarray, data_cfg: Any, source: str, label: str) -> _Part:
-    events = raw.events[rows]
+def _open_part(
+    raw: RawTables,
+    events: pl.DataFrame,
+    rows: np.ndarray,
+    data_cfg: Any,
+    source: str,
+    label: str,
+) -> _Part:
     user_raw, user_distinct = dense_codes(events["user_id"])
     item_raw, item_distinct = dense_codes(events["item_id"])
     duplicate = duplicate_rows(events, user_raw, item_raw)
@@ -329,7 +393,7 @@ def _collect_pass(
 # Pass 3: the cache
 # ---------------------------------------------------------------------------------------
 def _build_pass(
-    parts: Any,
+    parts: Iterable[_Part],
     glob: _Global,
     raw: RawTables,
     data_cfg: Any,
@@ -337,14 +401,16 @@ def _build_pass(
     digest: str,
     writer: CacheWriter,
 ) -> tuple[DataSchema, dict[str, Any], dict[str, pl.DataFrame]]:
+    """Each partition's arrays as shard files, then merged into the cache in user order."""
     source = raw.source or raw.name
     user_offsets = np.cumsum(glob.user_events)  # [U + 1], user_offsets[0] = 0
     session_first = np.cumsum(glob.user_sessions) - glob.user_sessions + 1  # [U + 1]
-    n, total_sessions = int(user_offsets[-1]), int(glob.user_sessions.sum())
-    out: dict[str, np.ndarray] = {}
+    total_sessions = int(glob.user_sessions.sum())
+    shards: list[_Shard] = []
+    layout: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
     feats_of: list[_Features] = []
-    hidden_frames: list[pl.DataFrame] = []
     kept_of: list[_KeptUsers] = []
+    counts: EventCounts | None = None
     for part in parts:
         kept_of.append(dataclasses.replace(part.kept, keep=None, rows=None))  # counts only
         if not part.kept.rows.size:
@@ -356,69 +422,145 @@ def _build_pass(
         for key in _GLOBAL_ARRAYS:
             del arrays[key]
         user = global_user[ordered.user]  # [n_p] global user codes
-        local_starts = ordered.user_offsets[:-1]
         arrays["user"] = user.astype(np.int32)
         arrays["event_row"] = part.rows[ordered.event_row]
-        session_of_local_user = sessions.session[local_starts]  # [U_p] first local session
+        first_session = sessions.session[ordered.user_offsets[:-1]]  # [U_p] local
         arrays["session"] = (
-            sessions.session - session_of_local_user[ordered.user - 1] + session_first[user]
+            sessions.session - first_session[ordered.user - 1] + session_first[user]
         ).astype(np.int32 if total_sessions < 2**31 else np.int64)
-        shift = user_offsets[global_user[1:] - 1] - local_starts  # [U_p]
-        position = np.repeat(shift, np.diff(ordered.user_offsets)) + np.arange(ordered.n)
+        shard = _Shard(writer.tmp / "shards" / f"p{len(shards):05d}", global_user[1:])
+        shard.offsets = ordered.user_offsets
+        shard.folder.mkdir(parents=True)
         for key, array in arrays.items():
-            if key not in out:
-                out[key] = writer.new_array(key, (n, *array.shape[1:]), array.dtype)
-            target = out[key]
-            if target.dtype != array.dtype or target.shape[1:] != array.shape[1:]:
+            dtype, trailing = layout.setdefault(key, (array.dtype, array.shape[1:]))
+            if dtype != array.dtype or trailing != array.shape[1:]:
                 raise RuntimeError(
                     f"partitioned prepare: array {key!r} is {array.dtype}{array.shape[1:]} "
-                    f"in{part.label}, {target.dtype}{target.shape[1:]} before"
+                    f"in{part.label}, {dtype}{trailing} in an earlier partition"
                 )
-            target[position] = array
+            np.save(shard.file(key), array)
         frame = _hidden_frame(feats.ev, hidden)
         if frame.width:
-            hidden_frames.append(frame.with_columns(pl.Series("_position", position)))
-        feats.ev = None  # the partition's events are not needed any more
+            frame.write_parquet(shard.folder / "hidden.parquet")
+            shard.hidden = True
+        part_counts = event_counts(
+            ordered, sessions, split, _local_users(ordered), glob.items_train_count
+        )
+        counts = part_counts if counts is None else counts + part_counts
+        feats.ev = None  # the partition's events and arrays are not needed any more
         feats.feature_arrays, feats.intent_arrays, feats.weight = {}, {}, np.zeros(0)
         feats_of.append(feats)
+        shards.append(shard)
     writer.save("user_offsets", user_offsets)
     writer.save("items_train_count", glob.items_train_count)
-    for array in out.values():
-        array.flush()
+    _merge(shards, layout, user_offsets, writer)
+    shutil.rmtree(writer.tmp / "shards")
 
-    num_users = glob.user_ids.len()
-    ordered = _Ordered(
-        event_row=out["event_row"],
-        user=out["user"],
-        timestamp=out["timestamp"],
-        item=out["item"],
-        user_offsets=user_offsets,
-        is_first=_first_events(user_offsets, n),
-    )
-    session = out["session"]
-    new_session = np.ones(n, dtype=bool)
-    new_session[1:] = session[1:] != session[:-1]
-    sessions = _Sessions(new_session, session, np.zeros(0, dtype=np.int64))
-    split = SplitResult(out["split"], dict(glob.split_info))
     ids = _Ids(np.zeros(0), glob.user_ids, np.zeros(0), glob.item_ids, glob.catalogue)
     kept = _merged_kept(kept_of, int(data_cfg.min_user_events))
     feats = _merged_features(feats_of, glob)
-    stats = _stats(raw, data_cfg, digest, hidden, kept, ids, ordered, sessions, split, feats)
-    schema = _schema(raw, data_cfg, digest, hidden, ids, ordered, feats)
+    stats = _stats(raw, data_cfg, digest, hidden, kept, ids, counts, dict(glob.split_info), feats)
+    schema = _schema(raw, data_cfg, digest, hidden, ids, counts.events, feats)
     tables = {
         "item_ids": pl.DataFrame({"item_id": glob.item_ids}),
         "user_ids": pl.DataFrame({"user_id": glob.user_ids}),
     }
-    if hidden_frames:
-        tables["hidden"] = pl.concat(hidden_frames).sort("_position").drop("_position")
-    log.info("%s: %d users, %d events from %d partitions", source, num_users, n, len(kept_of))
+    log.info(
+        "%s: %d users, %d events from %d partitions",
+        source,
+        glob.user_ids.len(),
+        counts.events,
+        len(kept_of),
+    )
     return schema, stats, tables
 
 
-def _first_events(user_offsets: np.ndarray, n: int) -> np.ndarray:
-    is_first = np.zeros(n, dtype=bool)
-    is_first[user_offsets[:-1][np.diff(user_offsets) > 0]] = True
-    return is_first
+def _local_users(ordered: _Ordered) -> int:
+    """The number of (local) users of a partition's ordered events."""
+    return ordered.user_offsets.size - 1
+
+
+@dataclass
+class _Shard:
+    """One partition's arrays on disk, and where its users go in the cache."""
+
+    folder: Path
+    global_user: np.ndarray  # int64 [U_p] global code of each local user (ascending)
+    offsets: np.ndarray | None = None  # int64 [U_p + 1] local offsets of those users
+    hidden: bool = False
+
+    def file(self, key: str) -> Path:
+        return self.folder / array_file(key)
+
+
+def _merge(
+    shards: list[_Shard],
+    layout: dict[str, tuple[np.dtype, tuple[int, ...]]],
+    user_offsets: np.ndarray,
+    writer: CacheWriter,
+    window_events: int | None = None,
+) -> None:
+    """Write every array (and the hidden table) in the cache's order, a window of users at
+    a time: each shard's users of a window are one contiguous slice of it, so memory is one
+    window per array, and every file is read and written once, in order."""
+    n = int(user_offsets[-1])
+    window_events = window_events or WINDOW_EVENTS
+    files = {}
+    for key, (dtype, trailing) in layout.items():
+        fp = open(writer.new_file(key), "wb")  # noqa: SIM115 - closed below
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
+        header["shape"] = (n, *trailing)
+        np.lib.format.write_array_header_2_0(fp, header)
+        files[key] = fp
+    hidden_writer = None
+    try:
+        for first, last in _windows(user_offsets, window_events):  # users first+1..last
+            start = int(user_offsets[first])
+            size = int(user_offsets[last]) - start
+            pieces = []
+            for shard in shards:
+                j0, j1 = np.searchsorted(shard.global_user, [first + 1, last + 1])
+                if j1 > j0:
+                    lo, hi = int(shard.offsets[j0]), int(shard.offsets[j1])
+                    shift = user_offsets[shard.global_user[j0:j1] - 1] - start
+                    shift -= shard.offsets[j0:j1]
+                    position = np.repeat(shift, np.diff(shard.offsets[j0 : j1 + 1]))
+                    pieces.append((shard, lo, hi, position + np.arange(lo, hi)))
+            for key, (dtype, trailing) in layout.items():
+                window = np.empty((size, *trailing), dtype=dtype)
+                for shard, lo, hi, position in pieces:
+                    window[position] = np.load(shard.file(key), mmap_mode="r")[lo:hi]
+                files[key].write(window.tobytes())
+            frames = [
+                pl.scan_parquet(shard.folder / "hidden.parquet")
+                .slice(lo, hi - lo)
+                .collect()
+                .with_columns(pl.Series("_position", position))
+                for shard, lo, hi, position in pieces
+                if shard.hidden
+            ]
+            if frames:
+                table = pl.concat(frames).sort("_position").drop("_position").to_arrow()
+                if hidden_writer is None:
+                    hidden_writer = pq.ParquetWriter(writer.table_file("hidden"), table.schema)
+                hidden_writer.write_table(table)
+    finally:
+        for fp in files.values():
+            fp.close()
+        if hidden_writer is not None:
+            hidden_writer.close()
+
+
+def _windows(user_offsets: np.ndarray, window_events: int) -> list[tuple[int, int]]:
+    """(first, last) user indexes of consecutive windows of about ``window_events`` events:
+    the window holds users first + 1 .. last (offsets first .. last)."""
+    num_users = user_offsets.size - 1
+    bounds = [0]
+    while bounds[-1] < num_users:
+        target = int(user_offsets[bounds[-1]]) + window_events
+        nxt = int(np.searchsorted(user_offsets, target, side="right")) - 1
+        bounds.append(min(max(nxt, bounds[-1] + 1), num_users))
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _merged_kept(kept_of: list[_KeptUsers], min_events: int) -> _KeptUsers:

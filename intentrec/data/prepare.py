@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +27,19 @@ from intentrec.data.cache import (
     write_cache,
 )
 from intentrec.data.ids import dense_codes, duplicate_rows
-from intentrec.data.partitioned import build_partitioned
+from intentrec.data.partitioned import (
+    FilePartitions,
+    MemoryPartitions,
+    build_partitioned,
+    scatter,
+)
 from intentrec.data.raw import RawTables
-from intentrec.data.recipes import load_raw, source_key  # recipe modules load lazily
+from intentrec.data.recipes import (  # recipe modules load lazily
+    is_chunked,
+    load_chunks,
+    load_raw,
+    source_key,
+)
 from intentrec.data.schema import HIDDEN_COLUMNS, DataSchema
 from intentrec.data.splits import SPLIT_NAMES
 from intentrec.data.validate import validate_tables
@@ -82,6 +93,8 @@ def prepare(data_cfg: Any, raw: RawTables | None = None) -> Prepared:
     """
     timer = _Timer()
     here_key = None
+    if raw is None and is_chunked(data_cfg) and int(data_cfg.partitions) > 1:
+        return _prepare_chunked(data_cfg, timer)
     if raw is None:
         here_key = _prepared_here_key(data_cfg)
         path = _PREPARED_HERE.get(here_key) if here_key is not None else None
@@ -128,7 +141,8 @@ def prepare(data_cfg: Any, raw: RawTables | None = None) -> Prepared:
         return _reused(path, timer)
     if int(data_cfg.partitions) > 1:
         del user_raw, item_raw, duplicate  # each partition codes its own events
-        schema, stats = build_partitioned(raw, data_cfg, hidden, digest, path, timer.lap)
+        parts = MemoryPartitions(raw.events, int(data_cfg.partitions))
+        schema, stats = build_partitioned(raw, parts, data_cfg, hidden, digest, path, timer.lap)
     else:
         arrays, tables, schema, stats = build(
             raw,
@@ -144,6 +158,38 @@ def prepare(data_cfg: Any, raw: RawTables | None = None) -> Prepared:
         )
         write_cache(path, arrays, tables, schema, stats)
         timer.lap("write")
+    log.info(
+        "prepare: wrote %s (%d events) in %.2fs",
+        path,
+        schema.num_events,
+        sum(timer.seconds.values()),
+    )
+    return Prepared(cache_dir=path, schema=schema, stats=stats, seconds=timer.seconds)
+
+
+def _prepare_chunked(data_cfg: Any, timer: _Timer) -> Prepared:
+    """Events read a chunk at a time into partition files, then built partition by
+    partition (``partitioned.py``): the log is never held whole.
+
+    The fingerprint is of the config alone (a generator's chunks are determined by it),
+    so an existing cache is found before anything is generated.
+    """
+    config = fingerprint_config(data_cfg)
+    digest = fingerprint({}, config, extra={"chunked": True})
+    path = cache_dir_for(data_cfg.cache_dir, str(data_cfg.name), digest)
+    if is_complete(path):
+        log.info("prepare: reusing cache %s", path)
+        return _reused(path, timer)
+    meta, chunks = load_chunks(data_cfg)
+    count = int(data_cfg.partitions)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.parts-", dir=path.parent) as scratch:
+        events = scatter(chunks, count, Path(scratch))
+        timer.lap("load+scatter")
+        log.info("%s: %d events in %d partitions", meta.source, events, count)
+        parts = FilePartitions(Path(scratch), count)
+        hidden = _hidden_columns(meta)
+        schema, stats = build_partitioned(meta, parts, data_cfg, hidden, digest, path, timer.lap)
     log.info(
         "prepare: wrote %s (%d events) in %.2fs",
         path,

@@ -6,8 +6,12 @@ everything after that (ids, features, labels, splits) is shared by all datasets.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Iterator
 from typing import Any
+
+import polars as pl
 
 from intentrec.data.errors import DataError
 from intentrec.data.raw import RawTables
@@ -28,7 +32,10 @@ def load_raw(data_cfg: Any) -> RawTables:
     ``.path``. Recipes are imported lazily so one dataset's parsing code never slows another.
     """
     name = data_cfg.name
-    if name == "synthetic":
+    if is_chunked(data_cfg):  # the chunked log, concatenated (what partitions must equal)
+        meta, chunks = load_chunks(data_cfg)
+        raw = dataclasses.replace(meta, events=pl.concat(list(chunks)))
+    elif name == "synthetic":
         from intentrec.data.recipes.synthetic import generate
 
         raw = generate(_synthetic_config(data_cfg.synthetic), int(data_cfg.seed))
@@ -62,6 +69,36 @@ def load_raw(data_cfg: Any) -> RawTables:
         raw.items.height,
     )
     return raw
+
+
+def is_chunked(data_cfg: Any) -> bool:
+    """Whether the recipe produces its events in chunks (``data.synthetic.chunk_users``)."""
+    return data_cfg.name == "synthetic" and int(data_cfg.synthetic.chunk_users or 0) > 0
+
+
+def load_chunks(data_cfg: Any) -> tuple[RawTables, Iterator[pl.DataFrame]]:
+    """The tables' description (items validated, no events) and the validated events of
+    each chunk, for a chunked recipe (:func:`is_chunked`). Rows a chunk's validation drops
+    are added to the description's ``dropped`` as the chunks are read."""
+    from intentrec.data.recipes.synthetic import generate_chunks
+
+    cfg = _synthetic_config(data_cfg.synthetic)
+    meta, chunks = generate_chunks(cfg, int(data_cfg.seed), int(cfg.chunk_users))
+    source = meta.source or meta.name
+    checked = validate_tables(dataclasses.replace(meta, events=next(chunks)), source)
+    described = dataclasses.replace(
+        checked, events=checked.events.head(0), dropped=dict(checked.dropped)
+    )
+
+    def validated() -> Iterator[pl.DataFrame]:
+        yield checked.events
+        for chunk in chunks:
+            raw = validate_tables(dataclasses.replace(described, events=chunk, dropped={}), source)
+            for reason, rows in raw.dropped.items():
+                described.dropped[reason] = described.dropped.get(reason, 0) + rows
+            yield raw.events
+
+    return described, validated()
 
 
 def source_key(data_cfg: Any) -> tuple | None:

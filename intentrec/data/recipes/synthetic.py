@@ -57,6 +57,7 @@ specification (the tests check each property it states).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -145,6 +146,57 @@ def generate(cfg: SyntheticConfig, seed: int) -> RawTables:
     )
 
 
+def generate_chunks(
+    cfg: SyntheticConfig, seed: int, chunk_users: int
+) -> tuple[RawTables, Iterator[pl.DataFrame]]:
+    """The log generated ``chunk_users`` users at a time, never whole (``data.synthetic.
+    chunk_users``, for logs larger than memory; with ``data.partitions`` > 1).
+
+    Returns the tables' description with the items and **no events**, and an iterator of
+    the events of each chunk of users (user ids continue across chunks). The catalogue
+    comes from ``seed``; chunk k's users from the seed sequence ``(seed, k + 1)``, so this is
+    a log of the same distribution as :func:`generate`'s, not the same log.
+    """
+    _check_config(cfg)
+    if cfg.hidden_intent:
+        raise DataError("config key 'data.synthetic.chunk_users': not available with hidden_intent")
+    catalogue = _make_catalogue(cfg, np.random.default_rng(seed))
+    items = _items_frame(catalogue, cfg.genres)
+
+    def chunks() -> Iterator[pl.DataFrame]:
+        sessions_before = 0
+        for k, first in enumerate(range(0, cfg.users, chunk_users)):
+            rng = np.random.default_rng([seed, k + 1])
+            part = replace(cfg, users=min(chunk_users, cfg.users - first))
+            user_intent_mix, user_genre_cdf = _make_users(part, catalogue.genre_share, rng)
+            log = _make_sessions(part, user_intent_mix, rng)
+            sampler = _ReleaseWindowSampler(catalogue, horizon_ts=int(log.timestamp.max()))
+            item = _assign_items(log, catalogue, sampler, user_genre_cdf, rng)
+            duration = _watch_durations(log, item, catalogue, rng)
+            action = _observed_actions(log.event_intent, rng)
+            events = _events_frame(log, item, action, duration).with_columns(
+                pl.col("user_id") + first, pl.col("session_true") + sessions_before
+            )
+            sessions_before += int(log.event_session.max()) + 1 if log.event_session.size else 0
+            yield events
+
+    source = (
+        f"synthetic(seed={seed}, users={cfg.users} in chunks of {chunk_users}, "
+        f"items={cfg.items}, events_per_user={cfg.events_per_user}, days={cfg.days}, "
+        f"genres={cfg.genres}, show_fraction={cfg.show_fraction}, zipf={cfg.zipf})"
+    )
+    meta = RawTables(
+        name="synthetic",
+        events=pl.DataFrame(schema=_EVENT_SCHEMA),  # no events: the chunks have them
+        items=items,
+        intents=list(LABELLED_INTENTS),
+        weight_column="duration",
+        source=source,
+        hidden_columns=["planted_intent", "session_true"],
+    )
+    return meta, chunks()
+
+
 def _generate_hidden_intent(cfg: SyntheticConfig, seed: int) -> RawTables:
     """``cfg.hidden_intent``: the known-answer log (module docstring). Same tables as
     :func:`generate`; ``action_type`` is the planted intent and label-only.
@@ -192,6 +244,17 @@ def _generate_hidden_intent(cfg: SyntheticConfig, seed: int) -> RawTables:
         hidden_columns=["planted_intent", "session_true"],
         label_only_columns=["action_type"],
     )
+
+
+_EVENT_SCHEMA = {
+    "user_id": pl.Int64,
+    "item_id": pl.Int64,
+    "timestamp": pl.Int64,
+    "action_type": pl.String,
+    "duration": pl.Float64,
+    "planted_intent": pl.String,
+    "session_true": pl.Int64,
+}
 
 
 def _events_frame(
