@@ -3,9 +3,11 @@ partition at a time.
 
 Events go to partition ``hash(user_id) % N``, so all of a user's events are in one
 partition and every per-user step (duplicates, ``data.min_user_events``, the total order,
-sessions, leave-last-out, next-event labels) runs on a partition alone. What needs all
-events is gathered in small summaries, in three passes over the partitions, each holding
-one partition's events and arrays at a time:
+sessions, leave-last-out, next-event labels) runs on a partition alone. The partitions come
+from tables in memory (:class:`MemoryPartitions`) or from parquet files that a chunked
+source was scattered into chunk by chunk (:func:`scatter`, :class:`FilePartitions`; then
+the events are never held whole). What needs all events is gathered in small summaries,
+in three passes over the partitions, each holding one partition at a time:
 
 1. **keep**: each partition drops its exact duplicates and short users; the kept users'
    ids, the ids of their events' items and (temporal split) the kept events' timestamps
@@ -15,16 +17,14 @@ one partition's events and arrays at a time:
    events determine (``features.SharedStats``: text vocabularies, training maxima and
    ranges, the exact weight sum); merged (``features.merge_shared``), with each user's
    event and session count and the items' training-target counts;
-3. **build**: each partition is built again with the merged statistics given, and its
-   arrays are written straight into the cache's memory-mapped ``.npy`` files at their
-   global positions (users in id order, as the in-memory path orders them).
+3. **build**: each partition is built again with the merged statistics given and written
+   as shard files; :func:`_merge` then writes each array of the cache in its order (users
+   in id order, as in one piece) a window of users at a time, reading every shard once.
 
 The result equals the in-memory path's cache array for array, table for table, schema and
 stats alike (``tests/data/test_partitioned.py``), so runs and metrics do not depend on N.
-Held whole at once: the id maps, per-user counts, the hidden columns (if any) and, for a
-temporal split, one int64 per kept event (the exact cutoffs need every timestamp's rank).
-This module partitions tables already in memory (``RawTables``); reading input files a
-partition at a time is the next step of the out-of-core path.
+Held whole at once: the id maps, per-user counts and, for a temporal split, one int64 per
+kept event (the exact cutoffs need every timestamp's rank).
 """
 
 from __future__ import annotations
