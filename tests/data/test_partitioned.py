@@ -166,3 +166,17 @@ def test_exact_sum_does_not_depend_on_grouping() -> None:
     ) <= np.spacing(abs(whole.mean()))
     assert ExactSum.of(np.array([1.0, np.inf])).mean() == np.inf
     assert np.isnan(ExactSum().mean())
+
+
+def test_bad_partition_keys_are_one_line_naming_the_key(tmp_path: Path) -> None:
+    from intentrec.config import ConfigError, load
+
+    for override, key in (
+        ("data.partitions=0", "data.partitions"),
+        ("data.synthetic.chunk_users=-1", "data.synthetic.chunk_users"),
+    ):
+        with pytest.raises(ConfigError, match=f"config key '{key}'"):
+            load(overrides=[override])
+    synthetic = SyntheticConfig(users=50, items=40, chunk_users=10, hidden_intent=True)
+    with pytest.raises(DataError, match="'data.synthetic.chunk_users'"):
+        prepare(data_config(tmp_path, synthetic=synthetic, partitions=2))
