@@ -158,13 +158,7 @@ def prepare(data_cfg: Any, raw: RawTables | None = None) -> Prepared:
         )
         write_cache(path, arrays, tables, schema, stats)
         timer.lap("write")
-    log.info(
-        "prepare: wrote %s (%d events) in %.2fs",
-        path,
-        schema.num_events,
-        sum(timer.seconds.values()),
-    )
-    return Prepared(cache_dir=path, schema=schema, stats=stats, seconds=timer.seconds)
+    return _written(path, schema, stats, timer)
 
 
 def _prepare_chunked(data_cfg: Any, timer: _Timer) -> Prepared:
@@ -190,6 +184,10 @@ def _prepare_chunked(data_cfg: Any, timer: _Timer) -> Prepared:
         parts = FilePartitions(Path(scratch), count)
         hidden = _hidden_columns(meta)
         schema, stats = build_partitioned(meta, parts, data_cfg, hidden, digest, path, timer.lap)
+    return _written(path, schema, stats, timer)
+
+
+def _written(path: Path, schema: DataSchema, stats: dict[str, Any], timer: _Timer) -> Prepared:
     log.info(
         "prepare: wrote %s (%d events) in %.2fs",
         path,

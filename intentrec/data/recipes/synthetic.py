@@ -121,14 +121,7 @@ def generate(cfg: SyntheticConfig, seed: int) -> RawTables:
         return _generate_hidden_intent(cfg, seed)
     rng = np.random.default_rng(seed)
     catalogue = _make_catalogue(cfg, rng)
-    user_intent_mix, user_genre_cdf = _make_users(cfg, catalogue.genre_share, rng)
-    log = _make_sessions(cfg, user_intent_mix, rng)
-    sampler = _ReleaseWindowSampler(catalogue, horizon_ts=int(log.timestamp.max()))
-    item = _assign_items(log, catalogue, sampler, user_genre_cdf, rng)
-    duration = _watch_durations(log, item, catalogue, rng)
-    action = _observed_actions(log.event_intent, rng)
-
-    events = _events_frame(log, item, action, duration)
+    _, events = _users_events(cfg, catalogue, rng)
     items = _items_frame(catalogue, cfg.genres)
     source = (
         f"synthetic(seed={seed}, users={cfg.users}, items={cfg.items}, "
@@ -168,13 +161,8 @@ def generate_chunks(
         for k, first in enumerate(range(0, cfg.users, chunk_users)):
             rng = np.random.default_rng([seed, k + 1])
             part = replace(cfg, users=min(chunk_users, cfg.users - first))
-            user_intent_mix, user_genre_cdf = _make_users(part, catalogue.genre_share, rng)
-            log = _make_sessions(part, user_intent_mix, rng)
-            sampler = _ReleaseWindowSampler(catalogue, horizon_ts=int(log.timestamp.max()))
-            item = _assign_items(log, catalogue, sampler, user_genre_cdf, rng)
-            duration = _watch_durations(log, item, catalogue, rng)
-            action = _observed_actions(log.event_intent, rng)
-            events = _events_frame(log, item, action, duration).with_columns(
+            log, events = _users_events(part, catalogue, rng)
+            events = events.with_columns(
                 pl.col("user_id") + first, pl.col("session_true") + sessions_before
             )
             sessions_before += int(log.event_session.max()) + 1 if log.event_session.size else 0
@@ -195,6 +183,19 @@ def generate_chunks(
         hidden_columns=["planted_intent", "session_true"],
     )
     return meta, chunks()
+
+
+def _users_events(
+    cfg: SyntheticConfig, catalogue: _Catalogue, rng: np.random.Generator
+) -> tuple[_Log, pl.DataFrame]:
+    """``cfg.users`` users' sessions over ``catalogue`` and their events table."""
+    user_intent_mix, user_genre_cdf = _make_users(cfg, catalogue.genre_share, rng)
+    log = _make_sessions(cfg, user_intent_mix, rng)
+    sampler = _ReleaseWindowSampler(catalogue, horizon_ts=int(log.timestamp.max()))
+    item = _assign_items(log, catalogue, sampler, user_genre_cdf, rng)
+    duration = _watch_durations(log, item, catalogue, rng)
+    action = _observed_actions(log.event_intent, rng)
+    return log, _events_frame(log, item, action, duration)
 
 
 def _generate_hidden_intent(cfg: SyntheticConfig, seed: int) -> RawTables:
