@@ -33,6 +33,7 @@ SCORE_DTYPES = ("float32", "float64")
 
 __all__ = [
     "MultiLabelIntentMetrics",
+    "PerTargetHits",
     "PerTargetRanks",
     "RankingMetrics",
     "SingleLabelIntentMetrics",
@@ -361,6 +362,41 @@ class PerTargetRanks(Metric):
         for name in ("event", "user", "rank"):
             state = getattr(self, name)
             if isinstance(state, list):  # nothing seen (and not synced into one tensor)
+                state = torch.cat(state) if state else torch.zeros(0, dtype=torch.long)
+            columns[name] = state.reshape(-1)
+        order = torch.argsort(columns["event"], stable=True)
+        return {name: values[order] for name, values in columns.items()}
+
+
+class PerTargetHits(Metric):
+    """Every labelled target's (event row, user, hit) for a single-label intent head
+    (hit = 1 when the argmax class is the label), gathered like :class:`PerTargetRanks`,
+    so that intent accuracy gets the same paired intervals over users as item metrics."""
+
+    is_differentiable = False
+    full_state_update = False
+
+    def __init__(self, ignore_index: int = -100, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.ignore_index = ignore_index
+        for name in ("event", "user", "hit"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, event: Tensor, user: Tensor, logits: Tensor, target: Tensor) -> None:
+        """N targets: event rows [N], users [N], logits [N, C], labels [N] (ignore_index:
+        no label, left out)."""
+        labelled = target != self.ignore_index
+        self.event.append(event.reshape(-1)[labelled].long())
+        self.user.append(user.reshape(-1)[labelled].long())
+        hit = logits[labelled].argmax(dim=-1) == target[labelled]
+        self.hit.append(hit.long())
+
+    def compute(self) -> dict[str, Tensor]:
+        """``{"event", "user", "hit"}`` -> Long [N] each, sorted by event row."""
+        columns = {}
+        for name in ("event", "user", "hit"):
+            state = getattr(self, name)
+            if isinstance(state, list):
                 state = torch.cat(state) if state else torch.zeros(0, dtype=torch.long)
             columns[name] = state.reshape(-1)
         order = torch.argsort(columns["event"], stable=True)

@@ -35,6 +35,7 @@ from intentrec.config import ConfigError, saved_config
 from intentrec.data.schema import DataSchema, IntentSpec
 from intentrec.metrics import (
     MultiLabelIntentMetrics,
+    PerTargetHits,
     PerTargetRanks,
     RankingMetrics,
     SingleLabelIntentMetrics,
@@ -119,6 +120,20 @@ class IntentRecModule(pl.LightningModule):
         # Every target's rank (eval.save_per_target): intervals over users need no re-run.
         self.per_target = nn.ModuleDict({stage: PerTargetRanks() for stage in STAGES})
         self.per_target_ranks: dict[str, dict[str, np.ndarray]] = {}
+        # ... and each single-label intent head's hits, saved alongside as
+        # ``intent.<head>.<event|user|hit>`` (intent accuracy gets intervals too).
+        self.per_target_hits = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict(
+                    {
+                        name: PerTargetHits()
+                        for name in self.head_names
+                        if self.intent_specs[name].kind == "single"
+                    }
+                )
+                for stage in STAGES
+            }
+        )
         self.intent_metrics = nn.ModuleDict(
             {
                 stage: nn.ModuleDict(
@@ -418,10 +433,17 @@ class IntentRecModule(pl.LightningModule):
             return
         if self.predicts_items:
             self._rank_targets(batch, out, mask, stage)
+        save = self.cfg.eval.save_per_target
+        users = batch[B.USER].unsqueeze(1).expand_as(mask)[mask] if save else None  # [N]
         for name in self.head_names:
-            self.intent_metrics[stage][name].update(
-                out.intent_logits[name][mask].float(), batch[B.target_intent(name)][mask]
+            logits, labels = (
+                out.intent_logits[name][mask].float(),
+                batch[B.target_intent(name)][mask],
             )
+            self.intent_metrics[stage][name].update(logits, labels)
+            if save and name in self.per_target_hits[stage]:
+                events = batch[B.TARGET_EVENT][mask]
+                self.per_target_hits[stage][name].update(events, users, logits, labels)
         if out.head_weights is not None:
             weights_at_targets = out.head_weights[mask].float()  # [N, M]
             for i, name in enumerate(self.head_names):
@@ -481,6 +503,12 @@ class IntentRecModule(pl.LightningModule):
             for key, value in metric.compute().items():
                 values[f"{stage}/intent/{name}/{key}"] = value
             metric.reset()
+        if self.cfg.eval.save_per_target:
+            for name, hits in self.per_target_hits[stage].items():
+                saved = self.per_target_ranks.setdefault(stage, {})
+                for key, value in hits.compute().items():
+                    saved[f"intent.{name}.{key}"] = value.cpu().numpy()
+                hits.reset()
         # Models with an intent embedding (IntentRec V2/V3 with heads) carry head weights;
         # decided from the model, not from the data seen, so every rank logs the same keys.
         if getattr(self.model, "intent_embedding", None) is not None and self.head_names:

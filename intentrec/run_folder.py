@@ -26,7 +26,6 @@ CONFIG_FILE = "config.yaml"
 PROTOCOL_FILE = "protocol.json"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
-PER_TARGET_COLUMNS = ("event", "user", "rank")
 
 # Keys that may differ between a finished run and a rerun without changing its numbers.
 RESULT_NEUTRAL_KEYS = (
@@ -92,11 +91,11 @@ def per_target_path(folder: Path, stage: str) -> Path:
 
 
 def write_per_target(folder: Path, stage: str, ranks: dict[str, np.ndarray]) -> Path:
-    """Save every evaluated target's event row, user and 1-based rank (sorted by event)."""
+    """Save every evaluated target's event row, user and 1-based rank (sorted by event),
+    and each single-label intent head's ``intent.<head>.<event|user|hit>`` (models that
+    predict no items have only these)."""
     path = per_target_path(folder, stage)
-    np.savez_compressed(
-        path, **{c: np.asarray(ranks[c], dtype=np.int64) for c in PER_TARGET_COLUMNS}
-    )
+    np.savez_compressed(path, **{c: np.asarray(v, dtype=np.int64) for c, v in ranks.items()})
     return path
 
 
@@ -108,7 +107,7 @@ def read_per_target(cfg: DictConfig, stage: str = "test") -> dict[str, np.ndarra
         return None
     try:
         with np.load(path) as data:
-            return {c: data[c] for c in PER_TARGET_COLUMNS}
+            return {c: data[c] for c in data.files}
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
         log.warning("%s: unreadable (%s); no interval from this run", path, err)
         return None

@@ -93,3 +93,27 @@ def test_difference_interval_pairs_seeds_and_refuses_other_targets() -> None:
     assert difference_interval("test/item/hr@1", other, base) is None
     assert difference_interval("test/intent/kind/accuracy", better, base) is None
     assert difference_interval("test/item/hr@1", better, {}) is None
+
+
+def test_intent_accuracy_is_paired_on_the_saved_hits() -> None:
+    from intentrec.experiments.intervals import difference_interval
+
+    events = np.arange(200)
+    users = np.repeat(np.arange(1, 41), 5)
+    ours = np.tile([1, 1, 1, 0], 50)  # accuracy 0.75
+    theirs = np.tile([1, 0, 1, 0], 50)  # accuracy 0.5
+
+    def run(hit):
+        return {"intent.action_type.event": events, "intent.action_type.user": users,
+                "intent.action_type.hit": hit}  # fmt: skip
+
+    interval = difference_interval(
+        "test/intent/action_type/accuracy", {0: run(ours)}, {0: run(theirs)}
+    )
+    assert interval is not None and interval.difference == pytest.approx(0.25)
+    assert 0 < interval.low < 0.25 < interval.high
+    # A run without saved hits (older runs, multi-label heads) gives no interval.
+    assert (
+        difference_interval("test/intent/kind/accuracy", {0: run(ours)}, {0: run(theirs)}) is None
+    )
+    assert difference_interval("test/item/ndcg@10", {0: run(ours)}, {0: run(theirs)}) is None

@@ -83,7 +83,8 @@ def test_experiment_file_runs_every_variant(name: str, tmp_path: Path, tiny_cach
         where = f"{name}/{run.variant}"
         if run.cfg.model.name == "next_intent":  # predicts no items: no item metrics at all
             assert not [k for k in metrics if "/item/" in k], where
-            assert not (run_dir(run.cfg) / "targets_test.npz").exists(), where
+            with np.load(run_dir(run.cfg) / "targets_test.npz") as saved:  # intent hits only
+                assert "rank" not in saved.files and "intent.action_type.hit" in saved, where
         else:
             assert_finite(metrics, "test/item/ndcg@10")
             assert_finite(metrics, "val/item/ndcg@10")
@@ -145,6 +146,22 @@ def test_saved_per_target_ranks_reproduce_the_metrics(trained_run: TrainedRun) -
         for metric in ("ndcg@10", "hr@10", "mrr"):
             values = per_target_values(f"{stage}/item/{metric}", ranks)
             assert values.mean() == pytest.approx(trained_run.metrics[f"{stage}/item/{metric}"])
+
+
+def test_saved_intent_hits_reproduce_the_intent_accuracy(trained_run: TrainedRun) -> None:
+    # Single-label heads save each labelled target's hit, so intent accuracy gets paired
+    # intervals over users like the item metrics (multi-label genre has no hit).
+    for stage in ("val", "test"):
+        with np.load(trained_run.run_dir / f"targets_{stage}.npz") as saved:
+            files = set(saved.files)
+            for intent in ("action_type", "kind", "release_bucket"):
+                events = saved[f"intent.{intent}.event"]
+                hits = saved[f"intent.{intent}.hit"]
+                assert (np.diff(events) > 0).all() and set(np.unique(hits)) <= {0, 1}
+                assert saved[f"intent.{intent}.user"].min() >= 1
+                accuracy = trained_run.metrics[f"{stage}/intent/{intent}/accuracy"]
+                assert hits.mean() == pytest.approx(accuracy)
+        assert not any(f.startswith("intent.genre.") for f in files)
 
 
 def test_checkpoint_reproduces_test_and_val_metrics(trained_run: TrainedRun) -> None:

@@ -105,19 +105,34 @@ def paired_user_bootstrap(
     return float(diff.mean()), float(low), float(high)
 
 
+def _intent_hits(metric: str) -> str | None:
+    """``test/intent/<head>/accuracy`` -> the saved columns' prefix ``intent.<head>.``."""
+    parts = metric.split("/")
+    if len(parts) == 4 and parts[1] == "intent" and parts[3] == "accuracy":
+        return f"intent.{parts[2]}."
+    return None
+
+
 def seed_averaged(
     metric: str, runs: Mapping[int, Mapping[str, np.ndarray]], seeds: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(event rows, users, metric value averaged over ``seeds``) of the targets every one of
-    those runs ranked; None when the metric has no per-target value."""
+    those runs evaluated; None when the metric has no per-target value (or a run did not
+    save it). Item metrics come from the ranks, single-label intent accuracy from the hits."""
+    prefix = _intent_hits(metric) or ""
+    if any(f"{prefix}event" not in runs[seed] for seed in seeds):
+        return None
     first = runs[seeds[0]]
-    events, users = first["event"], first["user"]
+    events, users = first[f"{prefix}event"], first[f"{prefix}user"]
     total = np.zeros(len(events))
     for seed in seeds:
         run = runs[seed]
-        if not np.array_equal(run["event"], events):
-            raise ValueError(f"seed {seed} ranked other targets than seed {seeds[0]}")
-        values = per_target_values(metric, run["rank"])
+        if not np.array_equal(run[f"{prefix}event"], events):
+            raise ValueError(f"seed {seed} evaluated other targets than seed {seeds[0]}")
+        if prefix:
+            values = run[f"{prefix}hit"].astype(np.float64)
+        else:
+            values = per_target_values(metric, run["rank"])
         if values is None:
             return None
         total += values
