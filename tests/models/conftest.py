@@ -88,6 +88,8 @@ def make_batch(
     out[B.TARGET_WEIGHT] = torch.rand(batch_size, seq_len, generator=g) * has_target
     out[B.TARGET_MASK] = has_target
     out[B.USER] = torch.arange(1, batch_size + 1)
+    # Each target's event row in the cache (distinct), as the DataModule gives it.
+    out[B.TARGET_EVENT] = torch.arange(batch_size * seq_len).reshape(batch_size, seq_len)
     return out
 
 
