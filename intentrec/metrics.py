@@ -358,14 +358,19 @@ class PerTargetRanks(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         """``{"event", "user", "rank"}`` -> Long [N] each, sorted by event row."""
-        columns = {}
-        for name in ("event", "user", "rank"):
-            state = getattr(self, name)
-            if isinstance(state, list):  # nothing seen (and not synced into one tensor)
-                state = torch.cat(state) if state else torch.zeros(0, dtype=torch.long)
-            columns[name] = state.reshape(-1)
-        order = torch.argsort(columns["event"], stable=True)
-        return {name: values[order] for name, values in columns.items()}
+        return _sorted_by_event(self, ("event", "user", "rank"))
+
+
+def _sorted_by_event(metric: Metric, names: tuple[str, ...]) -> dict[str, Tensor]:
+    """A per-target metric's concatenated states, as flat tensors sorted by event row."""
+    columns = {}
+    for name in names:
+        state = getattr(metric, name)
+        if isinstance(state, list):  # nothing seen (and not synced into one tensor)
+            state = torch.cat(state) if state else torch.zeros(0, dtype=torch.long)
+        columns[name] = state.reshape(-1)
+    order = torch.argsort(columns["event"], stable=True)
+    return {name: values[order] for name, values in columns.items()}
 
 
 class PerTargetHits(Metric):
@@ -393,14 +398,7 @@ class PerTargetHits(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         """``{"event", "user", "hit"}`` -> Long [N] each, sorted by event row."""
-        columns = {}
-        for name in ("event", "user", "hit"):
-            state = getattr(self, name)
-            if isinstance(state, list):
-                state = torch.cat(state) if state else torch.zeros(0, dtype=torch.long)
-            columns[name] = state.reshape(-1)
-        order = torch.argsort(columns["event"], stable=True)
-        return {name: values[order] for name, values in columns.items()}
+        return _sorted_by_event(self, ("event", "user", "hit"))
 
 
 # --------------------------------------------------------------------------------------

@@ -433,8 +433,10 @@ class IntentRecModule(pl.LightningModule):
             return
         if self.predicts_items:
             self._rank_targets(batch, out, mask, stage)
-        save = self.cfg.eval.save_per_target
-        users = batch[B.USER].unsqueeze(1).expand_as(mask)[mask] if save else None  # [N]
+        save = self.cfg.eval.save_per_target and len(self.per_target_hits[stage]) > 0
+        if save:
+            users = batch[B.USER].unsqueeze(1).expand_as(mask)[mask]  # [N]
+            events = batch[B.TARGET_EVENT][mask]  # [N]
         for name in self.head_names:
             logits, labels = (
                 out.intent_logits[name][mask].float(),
@@ -442,7 +444,6 @@ class IntentRecModule(pl.LightningModule):
             )
             self.intent_metrics[stage][name].update(logits, labels)
             if save and name in self.per_target_hits[stage]:
-                events = batch[B.TARGET_EVENT][mask]
                 self.per_target_hits[stage][name].update(events, users, logits, labels)
         if out.head_weights is not None:
             weights_at_targets = out.head_weights[mask].float()  # [N, M]
