@@ -89,7 +89,7 @@ def merge_shared(seen: list[dict[str, Any]]) -> dict[str, Any]:
         values = [part[key] for part in seen if key in part]
         kind = key.split("/", 1)[0]
         present = [v for v in values if v is not None]
-        if kind == "vocab":
+        if kind in ("vocab", "rating"):  # sorted distinct values
             merged[key] = sorted(set().union(*values))
         elif kind == "labels":
             merged[key] = (sorted(set().union(*(v[0] for v in values))), max(v[1] for v in values))
@@ -99,8 +99,6 @@ def merge_shared(seen: list[dict[str, Any]]) -> dict[str, Any]:
             merged[key] = (
                 (min(v[0] for v in present), max(v[1] for v in present)) if present else None
             )
-        elif kind == "rating":
-            merged[key] = sorted(set().union(*values))
         elif kind == "weight":
             total = values[0]
             for value in values[1:]:

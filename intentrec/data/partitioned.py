@@ -103,7 +103,6 @@ class _Part:
     user_distinct: pl.Series
     item_raw: np.ndarray
     item_distinct: pl.Series
-    duplicate: np.ndarray
     kept: _KeptUsers
 
     def kept_users(self) -> pl.Series:
@@ -249,7 +248,6 @@ def _open_part(
         user_distinct,
         item_raw,
         item_distinct,
-        duplicate,
         kept,
     )
 
@@ -312,14 +310,10 @@ def _part_ids(part: _Part, glob: _Global) -> tuple[_Ids, np.ndarray]:
 
 
 def _split(ordered: _Ordered, global_user: np.ndarray, glob: _Global, data_cfg: Any):
+    """The partition's split tags: by the global cutoffs or user tags, else per user."""
     method = glob.split_info["method"]
-    if method == "temporal":
-        result = temporal_tags(ordered.timestamp, *glob.cutoffs)
-    elif method == "random_user":
-        user_tag = glob.user_tag[global_user[1:] - 1]  # [U_p]
-        result = SplitResult(np.repeat(user_tag, np.diff(ordered.user_offsets)))
-    else:
-        result = assign_splits(
+    if method not in ("temporal", "random_user"):  # per user: checks its tags itself
+        return assign_splits(
             ordered.user_offsets,
             ordered.timestamp,
             method,
@@ -327,6 +321,11 @@ def _split(ordered: _Ordered, global_user: np.ndarray, glob: _Global, data_cfg: 
             float(data_cfg.test_fraction),
             int(data_cfg.seed),
         )
+    if method == "temporal":
+        result = temporal_tags(ordered.timestamp, *glob.cutoffs)
+    else:
+        user_tag = glob.user_tag[global_user[1:] - 1]  # [U_p]
+        result = SplitResult(np.repeat(user_tag, np.diff(ordered.user_offsets)))
     check_non_decreasing(result.tags, ordered.user_offsets)
     return result
 

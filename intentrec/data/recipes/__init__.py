@@ -60,7 +60,8 @@ def load_raw(data_cfg: Any) -> RawTables:
             f"config key 'data.name': unknown dataset {name!r} "
             "(one of ['synthetic', 'ml-100k', 'movielens', 'logs'])"
         )
-    raw = validate_tables(raw, raw.source or name)
+    if not is_chunked(data_cfg):  # chunks are validated one by one, as partitions read them
+        raw = validate_tables(raw, raw.source or name)
     logging.getLogger(__name__).info(
         "%s: %d events, %d users, %d items",
         raw.name,
