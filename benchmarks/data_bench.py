@@ -8,10 +8,11 @@ alone and nothing is reused from an earlier cache. Timed separately:
 * pipeline: ``intentrec.data.prepare.prepare(data_cfg, raw)`` = validate the tables, encode
   ids, sort, sessionise, split, features / labels / weights, write the cache.
 
-Each size also runs with ``data.partitions`` = ``PARTITIONS`` (``--partitions``): the same
-cache built a partition of users at a time (``intentrec/data/partitioned.py``); its figures
-are labelled ``data/<size>/p<N>/...``. The input tables are in memory in both, so the
-difference is the preparation's own working memory.
+Each size also runs out of core, labelled ``data/<size>/p<N>/...``: the log generated
+``CHUNK_USERS`` users at a time (``data.synthetic.chunk_users``) into ``N`` = max(
+``PARTITIONS``, size / ``EVENTS_PER_PARTITION``) partition files and built a partition at a
+time (``intentrec/data/partitioned.py``), never held whole. Sizes above ``IN_MEMORY_MAX``
+run only that way.
 
 Linear scaling is shown as ratios between the largest and the smallest size of the time per
 event and of the memory per event (peak RSS minus the process's RSS after imports); 1.0 is
@@ -78,9 +79,11 @@ def worker(args: dict[str, Any]) -> dict[str, Any]:
             prepared = prepare(cfg)
             generated = start
             dropped = prepared.stats["dropped"]
-            num_input = int(prepared.stats["num_events"]) + sum(
-                int(dropped.get(k, 0))
-                for k in ("duplicate_events", "events_of_users_below_min_events")
+            num_input = int(prepared.stats["num_events"]) + sum(  # every generated row
+                int(count)
+                for k, count in dropped.items()
+                if k in ("duplicate_events", "events_of_users_below_min_events")
+                or k.startswith("recipe/")
             )
         else:
             raw = generate(_synthetic_config(cfg.synthetic), int(cfg.seed))
