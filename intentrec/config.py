@@ -26,6 +26,7 @@ EXPERIMENTS_DIR = REPO_ROOT / "experiments"
 
 DATASETS = ("synthetic", "ml-100k", "movielens", "logs")
 SPLITS = ("temporal", "leave_last_out", "random_user")
+ENGINES = ("local", "ray")  # data.engine: intentrec/data/engines.py
 MODELS = ("intentrec", "sasrec", "gru4rec", "bert4rec", "transact", "next_intent")
 NEXT_INTENT_ENCODERS = ("transformer", "gru", "lstm")
 DURATION_WEIGHTS = ("none", "log1p", "linear")
@@ -88,6 +89,12 @@ class DataConfig:
     # > 1: prepare in this many partitions of users, one at a time (bounded memory; the
     # same cache, not part of its fingerprint; intentrec/data/partitioned.py)
     partitions: int = 1
+    # where those partitions are prepared (intentrec/data/engines.py): "local", one after
+    # another in this process, or "ray", one Ray task each (pip install 'intentrec[ray]').
+    # Not part of the fingerprint: the cache is the same.
+    engine: str = "local"
+    # engine=ray: the cluster to run on ("auto", "ray://head:10001"); null starts Ray here
+    engine_address: str | None = None
 
 
 @dataclass
@@ -286,6 +293,7 @@ class RunConfig:
 _CHOICES: dict[str, tuple[str, ...]] = {
     "data.name": DATASETS,
     "data.split": SPLITS,
+    "data.engine": ENGINES,
     "data.duration_weight": DURATION_WEIGHTS,
     "model.name": MODELS,
     "model.variant": ("V0", "V1", "V2", "V3", "custom"),
@@ -571,6 +579,11 @@ def validate(cfg: DictConfig, *, training: bool = True) -> None:
         raise ConfigError(
             f"config keys 'data.val_fraction' + 'data.test_fraction': must be < 1 (the rest "
             f"is training data), got {data.val_fraction} + {data.test_fraction}"
+        )
+    if data.engine != "local" and data.partitions < 2:
+        raise ConfigError(
+            f"config key 'data.engine': {data.engine!r} runs the partitions of a partitioned "
+            "prepare; set data.partitions > 1"
         )
     if cfg.model.d_model % cfg.model.n_heads:
         raise ConfigError("config key 'model.n_heads': must divide model.d_model")

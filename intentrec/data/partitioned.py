@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,7 @@ from intentrec.data.build import (
     no_users_left,
 )
 from intentrec.data.cache import CacheWriter, array_file
+from intentrec.data.engines import Engine
 from intentrec.data.features import GenreTable, SharedStats, merge_shared
 from intentrec.data.ids import dense_codes, duplicate_rows
 from intentrec.data.raw import RawTables
@@ -136,8 +137,12 @@ class PartitionSource:
 
     count: int
 
-    def parts(self) -> Iterator[tuple[int, pl.DataFrame, np.ndarray]]:
-        """(partition index, its events, int64 input row of each) for each partition."""
+    def indexes(self) -> list[int]:
+        """The partitions that have events, ascending."""
+        raise NotImplementedError
+
+    def read(self, p: int) -> tuple[pl.DataFrame, np.ndarray]:
+        """Partition ``p``'s events and the int64 input row of each."""
         raise NotImplementedError
 
 
@@ -149,25 +154,30 @@ class MemoryPartitions(PartitionSource):
         of_event = partition_of(events["user_id"], count)
         self.rows = [np.flatnonzero(of_event == p) for p in range(count)]
 
-    def parts(self) -> Iterator[tuple[int, pl.DataFrame, np.ndarray]]:
-        for p, rows in enumerate(self.rows):
-            yield p, self.events[rows], rows
+    def indexes(self) -> list[int]:
+        return [p for p, rows in enumerate(self.rows) if rows.size]
+
+    def read(self, p: int) -> tuple[pl.DataFrame, np.ndarray]:
+        return self.events[self.rows[p]], self.rows[p]
 
 
 class FilePartitions(PartitionSource):
     """Partitions written to parquet files chunk by chunk (:func:`scatter`): events never
-    held whole; a partition is read as its chunks' files in order."""
+    held whole; a partition is read as its chunks' files in order. Small to pickle, so an
+    engine's workers read their partitions themselves."""
 
     def __init__(self, folder: Path, count: int) -> None:
         self.folder, self.count = folder, count
 
-    def parts(self) -> Iterator[tuple[int, pl.DataFrame, np.ndarray]]:
-        for p in range(self.count):
-            files = sorted((self.folder / f"p{p:05d}").glob("*.parquet"))
-            if not files:
-                continue
-            frame = pl.read_parquet(files)
-            yield p, frame.drop(_ROW), frame[_ROW].to_numpy()
+    def _files(self, p: int) -> list[Path]:
+        return sorted((self.folder / f"p{p:05d}").glob("*.parquet"))
+
+    def indexes(self) -> list[int]:
+        return [p for p in range(self.count) if self._files(p)]
+
+    def read(self, p: int) -> tuple[pl.DataFrame, np.ndarray]:
+        frame = pl.read_parquet(self._files(p))
+        return frame.drop(_ROW), frame[_ROW].to_numpy()
 
 
 _ROW = "_input_row"  # the global input row of each event in a partition file
@@ -190,6 +200,17 @@ def scatter(chunks: Iterable[pl.DataFrame], count: int, folder: Path) -> int:
     return rows
 
 
+@dataclass
+class _Context:
+    """What every partition's task needs besides its index (the same for all passes)."""
+
+    raw: RawTables  # the tables' description and the whole items table, no events
+    parts: PartitionSource
+    data_cfg: Any
+    hidden: frozenset[str]
+    source: str
+
+
 def build_partitioned(
     raw: RawTables,
     source_parts: PartitionSource,
@@ -198,28 +219,27 @@ def build_partitioned(
     digest: str,
     path: Path,
     lap: Callable[[str], None],
+    engine: Engine | None = None,
 ) -> tuple[DataSchema, dict[str, Any]]:
     """Write the cache at ``path`` from the partitions of ``source_parts``.
 
     raw: the tables' description and the whole items table (its events are not used).
-    Returns the schema and stats; arrays and tables are those ``build.build`` gives.
+    engine: where each pass's partition tasks run (``engines.py``; default: here, in
+    order). Returns the schema and stats; arrays and tables are those ``build.build`` gives.
     """
-    source = raw.source or raw.name
-    count = source_parts.count
-
-    def parts() -> Iterator[_Part]:
-        for p, events, rows in source_parts.parts():
-            if rows.size:
-                label = f" (partition {p + 1}/{count})"
-                yield _open_part(raw, events, rows, data_cfg, source, label)
-
-    glob = _keep_pass(parts(), raw, data_cfg, source)
+    engine = engine or Engine()
+    meta = dataclasses.replace(raw, events=raw.events.head(0))  # what a task is sent
+    ctx = _Context(meta, source_parts, data_cfg, hidden, raw.source or raw.name)
+    indexes = source_parts.indexes()
+    glob = _global(engine.map(_keep_task, indexes, ctx), raw, data_cfg, ctx.source)
     lap("keep")
-    _collect_pass(parts(), glob, data_cfg, hidden, source)
+    _collected(engine.map(_collect_task, indexes, ctx, glob), glob, data_cfg, ctx.source)
     lap("collect")
     writer = CacheWriter(path)
     try:
-        schema, stats, tables = _build_pass(parts(), glob, raw, data_cfg, hidden, digest, writer)
+        shards = writer.tmp / "shards"
+        built = engine.map(_build_task, indexes, ctx, glob, shards)
+        schema, stats, tables = _assemble(built, glob, meta, data_cfg, hidden, digest, writer)
         lap("build")
         writer.finish(tables, schema, stats)
     except BaseException:
@@ -228,21 +248,19 @@ def build_partitioned(
     return schema, stats
 
 
-def _open_part(
-    raw: RawTables,
-    events: pl.DataFrame,
-    rows: np.ndarray,
-    data_cfg: Any,
-    source: str,
-    label: str,
-) -> _Part:
+def _open(p: int, ctx: _Context) -> _Part:
+    """Partition ``p`` read and through step 1 (duplicates, short users)."""
+    events, rows = ctx.parts.read(p)
+    label = f" (partition {p + 1}/{ctx.parts.count})"
     user_raw, user_distinct = dense_codes(events["user_id"])
     item_raw, item_distinct = dense_codes(events["item_id"])
     duplicate = duplicate_rows(events, user_raw, item_raw)
-    kept = _keep_users(user_raw, user_distinct, duplicate, data_cfg, source, partition=label)
+    kept = _keep_users(
+        user_raw, user_distinct, duplicate, ctx.data_cfg, ctx.source, partition=label
+    )
     return _Part(
         label,
-        dataclasses.replace(raw, events=events),
+        dataclasses.replace(ctx.raw, events=events),
         rows,
         user_raw,
         user_distinct,
@@ -255,20 +273,45 @@ def _open_part(
 # ---------------------------------------------------------------------------------------
 # Pass 1: users, catalogue, split
 # ---------------------------------------------------------------------------------------
-def _keep_pass(parts: Any, raw: RawTables, data_cfg: Any, source: str) -> _Global:
+@dataclass
+class _KeepSummary:
+    """One partition's kept users and items, and what the split's cutoffs need of it."""
+
+    users: pl.Series  # original ids of the kept users
+    items: pl.Series  # original ids of the items of their events
+    times: np.ndarray | None  # temporal split: int64 timestamps of the kept events
+    distinct_users: int
+    rows: int
+    duplicates: int
+
+
+def _keep_task(p: int, ctx: _Context) -> _KeepSummary:
+    part = _open(p, ctx)
+    temporal = str(ctx.data_cfg.split) == "temporal"
+    return _KeepSummary(
+        part.kept_users(),
+        part.kept_items(),
+        part.raw.events["timestamp"].to_numpy()[part.kept.rows] if temporal else None,
+        part.user_distinct.len(),
+        part.rows.size,
+        part.kept.duplicate_events,
+    )
+
+
+def _global(
+    summaries: Iterable[_KeepSummary], raw: RawTables, data_cfg: Any, source: str
+) -> _Global:
     users, items, times = [], [], []
-    temporal = str(data_cfg.split) == "temporal"
     distinct_users = rows = duplicates = 0
-    for part in parts:
-        users.append(part.kept_users())
-        items.append(part.kept_items())
-        if temporal:
-            times.append(part.raw.events["timestamp"].to_numpy()[part.kept.rows])
-        distinct_users += part.user_distinct.len()
-        rows += part.rows.size
-        duplicates += part.kept.duplicate_events
-    user_ids = pl.concat(users).sort()
-    if user_ids.len() == 0:
+    for summary in summaries:
+        users.append(summary.users)
+        items.append(summary.items)
+        if summary.times is not None:
+            times.append(summary.times)
+        distinct_users += summary.distinct_users
+        rows += summary.rows
+        duplicates += summary.duplicates
+    if not users or (user_ids := pl.concat(users).sort()).len() == 0:
         raise no_users_left(source, int(data_cfg.min_user_events), distinct_users, rows, duplicates)
     item_ids = pl.concat(items).unique().sort()
     identity = np.arange(item_ids.len() + 1)
@@ -276,7 +319,7 @@ def _keep_pass(parts: Any, raw: RawTables, data_cfg: Any, source: str) -> _Globa
     glob = _Global(user_ids, item_ids, catalogue, catalogue_genres(catalogue, source), {})
     split = str(data_cfg.split)
     val, test = float(data_cfg.val_fraction), float(data_cfg.test_fraction)
-    if temporal:
+    if split == "temporal":
         glob.cutoffs = temporal_cutoffs(np.concatenate(times), val, test)
         glob.split_info = temporal_tags(np.zeros(0, dtype=np.int64), *glob.cutoffs).info
     elif split == "random_user":
@@ -331,28 +374,23 @@ def _split(ordered: _Ordered, global_user: np.ndarray, glob: _Global, data_cfg: 
 
 
 def _build_part(
-    part: _Part,
-    glob: _Global,
-    data_cfg: Any,
-    hidden: frozenset[str],
-    source: str,
-    shared: SharedStats,
+    part: _Part, glob: _Global, ctx: _Context, shared: SharedStats
 ) -> tuple[_Ordered, _Sessions, SplitResult, _Features, np.ndarray]:
     """Steps 3-6 of ``build`` on one partition (its users' codes local, in global order)."""
     ids, global_user = _part_ids(part, glob)
     timestamp = part.raw.events["timestamp"].to_numpy()
     ordered = _sort_events(timestamp, part.kept, ids, part.user_raw, part.item_raw)
-    sessions = _sessionise(ordered, int(data_cfg.session_gap_s))
-    split = _split(ordered, global_user, glob, data_cfg)
+    sessions = _sessionise(ordered, int(ctx.data_cfg.session_gap_s))
+    split = _split(ordered, global_user, glob, ctx.data_cfg)
     feats = _features(
         part.raw,
-        data_cfg,
-        hidden,
+        ctx.data_cfg,
+        ctx.hidden,
         ids,
         ordered,
         sessions,
         split,
-        source,
+        ctx.source,
         shared=shared,
         genres=glob.genres,
         partition=True,
@@ -363,26 +401,48 @@ def _build_part(
 # ---------------------------------------------------------------------------------------
 # Pass 2: statistics of all events
 # ---------------------------------------------------------------------------------------
-def _collect_pass(
-    parts: Any, glob: _Global, data_cfg: Any, hidden: frozenset[str], source: str
+@dataclass
+class _Collected:
+    """One partition's statistics of all events, and its users' event and session counts."""
+
+    seen: dict[str, Any]  # features.SharedStats.seen
+    global_user: np.ndarray  # int64 [U_p] global code of each local user
+    user_events: np.ndarray  # int64 [U_p]
+    user_sessions: np.ndarray  # int64 [U_p]
+    items_train_count: np.ndarray  # int64 [I + 1]
+
+
+def _collect_task(p: int, ctx: _Context, glob: _Global) -> _Collected | None:
+    part = _open(p, ctx)
+    if not part.kept.rows.size:
+        return None
+    shared = SharedStats()
+    ordered, sessions, _, feats, global_user = _build_part(part, glob, ctx, shared)
+    return _Collected(
+        shared.seen,
+        global_user[1:],
+        np.diff(ordered.user_offsets),
+        np.add.reduceat(sessions.new_session, ordered.user_offsets[:-1]),
+        feats.items_train_count,
+    )
+
+
+def _collected(
+    results: Iterable[_Collected | None], glob: _Global, data_cfg: Any, source: str
 ) -> None:
+    """Pass 2's summaries reduced into ``glob`` (counts by user, merged statistics)."""
     seen = []
     num_users, num_items = glob.user_ids.len(), glob.item_ids.len()
     glob.user_events = np.zeros(num_users + 1, dtype=np.int64)
     glob.user_sessions = np.zeros(num_users + 1, dtype=np.int64)
     glob.items_train_count = np.zeros(num_items + 1, dtype=np.int64)
-    for part in parts:
-        if not part.kept.rows.size:
+    for result in results:
+        if result is None:
             continue
-        shared = SharedStats()
-        ordered, sessions, _, feats, global_user = _build_part(
-            part, glob, data_cfg, hidden, source, shared
-        )
-        seen.append(shared.seen)
-        starts = ordered.user_offsets[:-1]
-        glob.user_events[global_user[1:]] = np.diff(ordered.user_offsets)
-        glob.user_sessions[global_user[1:]] = np.add.reduceat(sessions.new_session, starts)
-        glob.items_train_count += feats.items_train_count
+        seen.append(result.seen)
+        glob.user_events[result.global_user] = result.user_events
+        glob.user_sessions[result.global_user] = result.user_sessions
+        glob.items_train_count += result.items_train_count
     if not glob.items_train_count.any():  # every target is an item's training target
         raise no_training_targets(source, str(data_cfg.split))
     glob.shared = merge_shared(seen)
@@ -391,8 +451,59 @@ def _collect_pass(
 # ---------------------------------------------------------------------------------------
 # Pass 3: the cache
 # ---------------------------------------------------------------------------------------
-def _build_pass(
-    parts: Iterable[_Part],
+@dataclass
+class _Built:
+    """One partition's shard and the summaries the cache's stats are reduced from."""
+
+    label: str
+    kept: _KeptUsers  # counts only
+    shard: _Shard | None = None  # None: no kept events
+    layout: dict[str, tuple[np.dtype, tuple[int, ...]]] = dataclasses.field(default_factory=dict)
+    counts: EventCounts | None = None
+    feats: _Features | None = None  # summary only: events and arrays dropped
+
+
+def _build_task(p: int, ctx: _Context, glob: _Global, shards: Path) -> _Built:
+    """Partition ``p`` built with the merged statistics and written as shard files."""
+    part = _open(p, ctx)
+    built = _Built(part.label, dataclasses.replace(part.kept, keep=None, rows=None))
+    if not part.kept.rows.size:
+        return built
+    ordered, sessions, split, feats, global_user = _build_part(
+        part, glob, ctx, SharedStats(given=glob.shared)
+    )
+    arrays = _cache_arrays(ordered, sessions, split, feats)
+    for key in _GLOBAL_ARRAYS:
+        del arrays[key]
+    user = global_user[ordered.user]  # [n_p] global user codes
+    arrays["user"] = user.astype(np.int32)
+    arrays["event_row"] = part.rows[ordered.event_row]
+    total_sessions = int(glob.user_sessions.sum())
+    session_first = np.cumsum(glob.user_sessions) - glob.user_sessions + 1  # [U + 1]
+    first_session = sessions.session[ordered.user_offsets[:-1]]  # [U_p] local
+    arrays["session"] = (
+        sessions.session - first_session[ordered.user - 1] + session_first[user]
+    ).astype(np.int32 if total_sessions < 2**31 else np.int64)
+    shard = _Shard(shards / f"p{p:05d}", global_user[1:], ordered.user_offsets)
+    shard.folder.mkdir(parents=True)
+    for key, array in arrays.items():
+        built.layout[key] = (array.dtype, array.shape[1:])
+        np.save(shard.file(key), array)
+    frame = _hidden_frame(feats.ev, ctx.hidden)
+    if frame.width:
+        frame.write_parquet(shard.folder / "hidden.parquet")
+        shard.hidden = True
+    built.counts = event_counts(
+        ordered, sessions, split, _local_users(ordered), glob.items_train_count
+    )
+    feats.ev = None  # the partition's events and arrays are not sent back
+    feats.feature_arrays, feats.intent_arrays, feats.weight = {}, {}, np.zeros(0)
+    built.shard, built.feats = shard, feats
+    return built
+
+
+def _assemble(
+    results: Iterable[_Built],
     glob: _Global,
     raw: RawTables,
     data_cfg: Any,
@@ -400,56 +511,28 @@ def _build_pass(
     digest: str,
     writer: CacheWriter,
 ) -> tuple[DataSchema, dict[str, Any], dict[str, pl.DataFrame]]:
-    """Each partition's arrays as shard files, then merged into the cache in user order."""
+    """The shards merged into the cache in user order, and the cache's stats and schema."""
     source = raw.source or raw.name
     user_offsets = np.cumsum(glob.user_events)  # [U + 1], user_offsets[0] = 0
-    session_first = np.cumsum(glob.user_sessions) - glob.user_sessions + 1  # [U + 1]
-    total_sessions = int(glob.user_sessions.sum())
     shards: list[_Shard] = []
     layout: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
     feats_of: list[_Features] = []
     kept_of: list[_KeptUsers] = []
     counts: EventCounts | None = None
-    for part in parts:
-        kept_of.append(dataclasses.replace(part.kept, keep=None, rows=None))  # counts only
-        if not part.kept.rows.size:
+    for built in results:
+        kept_of.append(built.kept)
+        if built.shard is None:
             continue
-        ordered, sessions, split, feats, global_user = _build_part(
-            part, glob, data_cfg, hidden, source, SharedStats(given=glob.shared)
-        )
-        arrays = _cache_arrays(ordered, sessions, split, feats)
-        for key in _GLOBAL_ARRAYS:
-            del arrays[key]
-        user = global_user[ordered.user]  # [n_p] global user codes
-        arrays["user"] = user.astype(np.int32)
-        arrays["event_row"] = part.rows[ordered.event_row]
-        first_session = sessions.session[ordered.user_offsets[:-1]]  # [U_p] local
-        arrays["session"] = (
-            sessions.session - first_session[ordered.user - 1] + session_first[user]
-        ).astype(np.int32 if total_sessions < 2**31 else np.int64)
-        shard = _Shard(writer.tmp / "shards" / f"p{len(shards):05d}", global_user[1:])
-        shard.offsets = ordered.user_offsets
-        shard.folder.mkdir(parents=True)
-        for key, array in arrays.items():
-            dtype, trailing = layout.setdefault(key, (array.dtype, array.shape[1:]))
-            if dtype != array.dtype or trailing != array.shape[1:]:
+        for key, (dtype, trailing) in built.layout.items():
+            first_dtype, first_trailing = layout.setdefault(key, (dtype, trailing))
+            if first_dtype != dtype or first_trailing != trailing:
                 raise RuntimeError(
-                    f"partitioned prepare: array {key!r} is {array.dtype}{array.shape[1:]} "
-                    f"in{part.label}, {dtype}{trailing} in an earlier partition"
+                    f"partitioned prepare: array {key!r} is {dtype}{trailing} "
+                    f"in{built.label}, {first_dtype}{first_trailing} in an earlier partition"
                 )
-            np.save(shard.file(key), array)
-        frame = _hidden_frame(feats.ev, hidden)
-        if frame.width:
-            frame.write_parquet(shard.folder / "hidden.parquet")
-            shard.hidden = True
-        part_counts = event_counts(
-            ordered, sessions, split, _local_users(ordered), glob.items_train_count
-        )
-        counts = part_counts if counts is None else counts + part_counts
-        feats.ev = None  # the partition's events and arrays are not needed any more
-        feats.feature_arrays, feats.intent_arrays, feats.weight = {}, {}, np.zeros(0)
-        feats_of.append(feats)
-        shards.append(shard)
+        counts = built.counts if counts is None else counts + built.counts
+        feats_of.append(built.feats)
+        shards.append(built.shard)
     writer.save("user_offsets", user_offsets)
     writer.save("items_train_count", glob.items_train_count)
     _merge(shards, layout, user_offsets, writer)

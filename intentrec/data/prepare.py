@@ -14,9 +14,12 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import polars as pl
 
 from intentrec.data.build import build
 from intentrec.data.cache import (
@@ -26,6 +29,7 @@ from intentrec.data.cache import (
     is_complete,
     write_cache,
 )
+from intentrec.data.engines import make_engine
 from intentrec.data.ids import dense_codes, duplicate_rows
 from intentrec.data.partitioned import (
     FilePartitions,
@@ -141,8 +145,7 @@ def prepare(data_cfg: Any, raw: RawTables | None = None) -> Prepared:
         return _reused(path, timer)
     if int(data_cfg.partitions) > 1:
         del user_raw, item_raw, duplicate  # each partition codes its own events
-        parts = MemoryPartitions(raw.events, int(data_cfg.partitions))
-        schema, stats = build_partitioned(raw, parts, data_cfg, hidden, digest, path, timer.lap)
+        schema, stats = _partitioned(raw, None, data_cfg, hidden, digest, path, timer)
     else:
         arrays, tables, schema, stats = build(
             raw,
@@ -175,16 +178,42 @@ def _prepare_chunked(data_cfg: Any, timer: _Timer) -> Prepared:
         log.info("prepare: reusing cache %s", path)
         return _reused(path, timer)
     meta, chunks = load_chunks(data_cfg)
-    count = int(data_cfg.partitions)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{path.name}.parts-", dir=path.parent) as scratch:
-        events = scatter(chunks, count, Path(scratch))
-        timer.lap("load+scatter")
-        log.info("%s: %d events in %d partitions", meta.source, events, count)
-        parts = FilePartitions(Path(scratch), count)
-        hidden = _hidden_columns(meta)
-        schema, stats = build_partitioned(meta, parts, data_cfg, hidden, digest, path, timer.lap)
+    hidden = _hidden_columns(meta)
+    schema, stats = _partitioned(meta, chunks, data_cfg, hidden, digest, path, timer)
     return _written(path, schema, stats, timer)
+
+
+def _partitioned(
+    raw: RawTables,
+    chunks: Iterator[pl.DataFrame] | None,
+    data_cfg: Any,
+    hidden: frozenset[str],
+    digest: str,
+    path: Path,
+    timer: _Timer,
+) -> tuple[DataSchema, dict[str, Any]]:
+    """The cache built in ``data.partitions`` partitions on ``data.engine``.
+
+    chunks: the events a chunk at a time (else ``raw.events``). Chunks, and events an
+    engine's workers must read themselves, are first scattered into partition files in a
+    scratch folder next to the cache (so on a cluster, on the same shared storage).
+    """
+    count = int(data_cfg.partitions)
+    engine = make_engine(data_cfg)
+    try:
+        if chunks is None and engine.name == "local":
+            parts = MemoryPartitions(raw.events, count)
+            return build_partitioned(raw, parts, data_cfg, hidden, digest, path, timer.lap, engine)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        prefix = f".{path.name}.parts-"
+        with tempfile.TemporaryDirectory(prefix=prefix, dir=path.parent) as scratch:
+            events = scatter([raw.events] if chunks is None else chunks, count, Path(scratch))
+            timer.lap("scatter" if chunks is None else "load+scatter")
+            log.info("%s: %d events in %d partitions", raw.source or raw.name, events, count)
+            parts = FilePartitions(Path(scratch), count)
+            return build_partitioned(raw, parts, data_cfg, hidden, digest, path, timer.lap, engine)
+    finally:
+        engine.close()
 
 
 def _written(path: Path, schema: DataSchema, stats: dict[str, Any], timer: _Timer) -> Prepared:
