@@ -89,6 +89,9 @@ class DataConfig:
     # > 1: prepare in this many partitions of users, one at a time (bounded memory; the
     # same cache, not part of its fingerprint; intentrec/data/partitioned.py)
     partitions: int = 1
+    # logs: > 0 reads the events file this many rows at a time (with data.partitions > 1
+    # the log is then never held whole); 0 reads it whole. The same tables either way.
+    chunk_rows: int = 0
     # where those partitions are prepared (intentrec/data/engines.py): "local", one after
     # another in this process, or "ray", one Ray task each (pip install 'intentrec[ray]').
     # Not part of the fingerprint: the cache is the same.
@@ -453,6 +456,7 @@ RANGES: dict[str, Range | Each | Batches] = {
     "data.min_user_events": Range(2),
     "data.partitions": AT_LEAST_1,
     "data.synthetic.chunk_users": NON_NEGATIVE,
+    "data.chunk_rows": NON_NEGATIVE,
     "data.release_buckets_days": Each(POSITIVE, min_len=1, increasing=True),
     "data.max_len": Range(2),
     "data.batch_size": POSITIVE,

@@ -72,24 +72,47 @@ class Windows:
         return int(self.user.size)
 
 
+TAG_COUNT_EVENTS = 1 << 22  # events read at a time by tag_counts (memory: a few of these)
+
+
+def tag_counts(user_offsets: np.ndarray, split: np.ndarray) -> np.ndarray:
+    """int64 [U, 3]: each user's events per split tag.
+
+    Read a block of about ``TAG_COUNT_EVENTS`` events at a time: ``split`` is a memory map
+    of every event, and counting it whole would allocate 16 bytes per event (1.6 GB at
+    100M events) just to set up the windows.
+    """
+    num_users = user_offsets.size - 1
+    counts = np.zeros((num_users, 3), dtype=np.int64)
+    first = 0
+    while first < num_users:
+        target = int(user_offsets[first]) + TAG_COUNT_EVENTS
+        last = int(np.searchsorted(user_offsets, target, side="right")) - 1
+        last = min(max(last, first + 1), num_users)  # users first+1..last, at least one
+        sizes = np.diff(user_offsets[first : last + 1])
+        local = np.repeat(np.arange(last - first, dtype=np.int64), sizes)
+        tags = np.asarray(split[user_offsets[first] : user_offsets[last]], dtype=np.int64)
+        block = np.bincount(local * 3 + tags, minlength=3 * (last - first))
+        counts[first:last] = block.reshape(last - first, 3)
+        first = last
+    return counts
+
+
 def build_windows(
     user_offsets: np.ndarray,
-    user: np.ndarray,
-    split: np.ndarray,
+    per_tag: np.ndarray,
     stage_tag: int,
     stride: int,
 ) -> Windows:
     """Windows over the stage's targets, each scoring up to ``stride`` consecutive targets.
 
-    Relies on the split invariant (tags non-decreasing within a user), so the stage's
-    events of a user are one contiguous run. Windows are cut from the user's last stage
-    target backwards; listed by user, then chronologically.
+    per_tag: int64 [U, 3] events per (user, split tag) (:func:`tag_counts`). Relies on the
+    split invariant (tags non-decreasing within a user), so the stage's events of a user
+    are one contiguous run. Windows are cut from the user's last stage target backwards;
+    listed by user, then chronologically.
     """
     num_users = user_offsets.size - 1
     first_event = user_offsets[:-1]  # [U]
-    per_tag = np.bincount((user.astype(np.int64) - 1) * 3 + split, minlength=3 * num_users).reshape(
-        num_users, 3
-    )  # [U, 3] events per (user, tag)
     stage_start = first_event + per_tag[:, :stage_tag].sum(axis=1)  # [U]
     last_target = stage_start + per_tag[:, stage_tag] - 1  # [U]
     first_eligible = np.maximum(stage_start, first_event + 1)  # first event is never a target
@@ -321,7 +344,8 @@ class IntentRecDataModule(pl.LightningDataModule):
         self.data = load_cache(self.prepared.cache_dir)
         max_len = int(self.cfg.data.max_len)
         arrays = self.data.arrays
-        offsets, user, split = self.data.user_offsets, arrays["user"], arrays["split"]
+        offsets = self.data.user_offsets
+        per_tag = tag_counts(offsets, arrays["split"])  # [U, 3], once for every stage
         # Training windows score `train_stride` targets each (default max_len: every position
         # of a window is a target); a smaller stride overlaps windows so every training
         # target keeps at least max_len - stride + 1 events of context (RecBole-like), while
@@ -330,7 +354,7 @@ class IntentRecDataModule(pl.LightningDataModule):
         strides = {"train": int(train_stride), "val": int(self.cfg.data.eval_stride)}
         strides["test"] = strides["val"]
         for name, stride in strides.items():
-            windows = build_windows(offsets, user, split, STAGE_TAGS[name], stride)
+            windows = build_windows(offsets, per_tag, STAGE_TAGS[name], stride)
             self.datasets[name] = WindowDataset(self.data, windows, name, max_len)
         if self.cfg.eval.slice_by is not None:
             self.slice_column = str(self.cfg.eval.slice_by)

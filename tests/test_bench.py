@@ -31,7 +31,23 @@ EXPECTED = [
     *(
         f"data/{size}/p8/{what}"
         for size in ("20k", "100k")
-        for what in ("total", "peak_rss", "rss_per_event", "cache_size")
+        for what in (
+            "total",
+            "peak_rss",
+            "rss_per_event",
+            "cache_size",
+            "loader/anon_rss",
+            "loader/peak_rss",
+            "loader/setup",
+            "loader/batches",
+            "ray/total",
+            "ray_speedup",
+        )
+    ),
+    *(
+        f"data/{size}/logs_chunked/p8/{what}"
+        for size in ("20k", "100k")
+        for what in ("total", "peak_rss")
     ),
     "data/scaling/partitioned/100k_vs_20k/time_per_event_ratio",
     "data/scaling/100k_vs_20k/time_per_event_ratio",
@@ -164,6 +180,17 @@ def test_quick_run_values_are_sane(quick_run) -> None:
         )
         assert parted["params"]["partitions"] == 8
         assert parted["params"]["events"] > 0.5 * by_name[f"data/{size}/total"]["params"]["events"]
+        # The data loader of a run on that cache: its own memory within its peak RSS, every
+        # stage's windows counted; the Ray run prepared the same number of events.
+        anon, peak = (by_name[f"data/{size}/p8/loader/{k}"] for k in ("anon_rss", "peak_rss"))
+        assert 0 < anon["value"] <= peak["value"] < 8_000
+        assert all(anon["windows"][stage] > 0 for stage in ("train", "val", "test"))
+        on_ray = by_name[f"data/{size}/p8/ray/total"]
+        assert on_ray["params"]["engine"] == "ray" and parted["params"]["engine"] == "local"
+        assert on_ray["params"]["events"] == parted["params"]["events"]
+        logs = by_name[f"data/{size}/logs_chunked/p8/peak_rss"]
+        assert logs["params"]["events"] == parted["params"]["events"]  # the same log, as files
+        assert 20 < logs["value"] < 8_000
     # Train: the size stated, targets/s consistent with ms/step, V3 costs more than V0.
     sasrec = by_name["train/sasrec/fp32/ms_per_step"]
     assert sasrec["params"]["batch"] == 64 and sasrec["params"]["seq_len"] == 50

@@ -166,6 +166,25 @@ def sampled_indices(loader) -> list[list[int]]:
     return [list(batch) for batch in loader.batch_sampler]
 
 
+@pytest.mark.parametrize("block", [1, 7, 1 << 22])
+def test_tag_counts_read_in_blocks_equal_a_count_over_all_events(
+    dm: IntentRecDataModule, block: int
+) -> None:
+    # Blocks of one event (each block one user, whatever its size), of a few users, and of
+    # everything: the per-user tag counts are those of a count over every event at once.
+    from unittest import mock
+
+    from intentrec import datamodule
+
+    user = np.asarray(dm.data.arrays["user"], dtype=np.int64)
+    split = np.asarray(dm.data.arrays["split"], dtype=np.int64)
+    num_users = dm.data.user_offsets.size - 1
+    expected = np.bincount((user - 1) * 3 + split, minlength=3 * num_users).reshape(-1, 3)
+    with mock.patch.object(datamodule, "TAG_COUNT_EVENTS", block):
+        counts = datamodule.tag_counts(dm.data.user_offsets, dm.data.arrays["split"])
+    assert counts.dtype == np.int64 and np.array_equal(counts, expected)
+
+
 def test_every_window_once_per_epoch_and_ddp_shards_disjoint(dm: IntentRecDataModule) -> None:
     for stage in STAGES:
         n = len(dm.datasets[stage])

@@ -67,7 +67,10 @@ class RayEngine(Engine):
     def map(self, fn: Callable[..., Any], items: Sequence[Any], *shared: Any) -> Iterator[Any]:
         ray = self._ray
         refs = [ray.put(value) for value in shared]
-        task = ray.remote(fn)
+        # One CPU per task and polars told so: its default of a thread per core of the
+        # node, in every task at once, oversubscribes the node's cores.
+        env = {"POLARS_MAX_THREADS": "1"}
+        task = ray.remote(num_cpus=1, runtime_env={"env_vars": env})(fn)
         pending = [task.remote(item, *refs) for item in items]
         for future in pending:  # in order; Ray runs them as CPUs free up
             try:

@@ -39,6 +39,7 @@ from intentrec.data.partitioned import (
 )
 from intentrec.data.raw import RawTables
 from intentrec.data.recipes import (  # recipe modules load lazily
+    chunked_source_digest,
     is_chunked,
     load_chunks,
     load_raw,
@@ -172,7 +173,7 @@ def _prepare_chunked(data_cfg: Any, timer: _Timer) -> Prepared:
     so an existing cache is found before anything is generated.
     """
     config = fingerprint_config(data_cfg)
-    digest = fingerprint({}, config, extra={"chunked": True})
+    digest = fingerprint({}, config, extra={"chunked": True, **chunked_source_digest(data_cfg)})
     path = cache_dir_for(data_cfg.cache_dir, str(data_cfg.name), digest)
     if is_complete(path):
         log.info("prepare: reusing cache %s", path)
@@ -199,21 +200,23 @@ def _partitioned(
     scratch folder next to the cache (so on a cluster, on the same shared storage).
     """
     count = int(data_cfg.partitions)
-    engine = make_engine(data_cfg)
-    try:
-        if chunks is None and engine.name == "local":
-            parts = MemoryPartitions(raw.events, count)
+    if chunks is None and str(data_cfg.engine) == "local":
+        parts = MemoryPartitions(raw.events, count)
+        return build_partitioned(raw, parts, data_cfg, hidden, digest, path, timer.lap)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{path.name}.parts-"
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=path.parent) as scratch:
+        events = scatter([raw.events] if chunks is None else chunks, count, Path(scratch))
+        timer.lap("scatter" if chunks is None else "load+scatter")
+        log.info("%s: %d events in %d partitions", raw.source or raw.name, events, count)
+        parts = FilePartitions(Path(scratch), count)
+        engine = make_engine(data_cfg)  # after the scatter: nothing for it to do before
+        try:
+            if engine.name != "local":
+                timer.lap("engine start")
             return build_partitioned(raw, parts, data_cfg, hidden, digest, path, timer.lap, engine)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        prefix = f".{path.name}.parts-"
-        with tempfile.TemporaryDirectory(prefix=prefix, dir=path.parent) as scratch:
-            events = scatter([raw.events] if chunks is None else chunks, count, Path(scratch))
-            timer.lap("scatter" if chunks is None else "load+scatter")
-            log.info("%s: %d events in %d partitions", raw.source or raw.name, events, count)
-            parts = FilePartitions(Path(scratch), count)
-            return build_partitioned(raw, parts, data_cfg, hidden, digest, path, timer.lap, engine)
-    finally:
-        engine.close()
+        finally:
+            engine.close()
 
 
 def _written(path: Path, schema: DataSchema, stats: dict[str, Any], timer: _Timer) -> Prepared:

@@ -106,3 +106,23 @@ def test_engine_keys_are_checked_with_one_line_errors(tmp_path: Path) -> None:
     with mock.patch.object(builtins, "__import__", no_ray):
         with pytest.raises(DataError, match="config key 'data.engine'.*pip install"):
             make_engine(data_config(tmp_path, engine="ray", partitions=2))
+
+
+def test_the_documented_command_prepares_logs_in_chunks_on_ray(
+    local_ray, tmp_path: Path, capsys
+) -> None:
+    # README "On a cluster": logs read in chunks, partitions as Ray tasks (here the local
+    # Ray): the cache of the file prepared whole, on one machine.
+    from intentrec.cli import main
+    from intentrec.config import REPO_ROOT
+    from intentrec.data.cache import is_complete
+
+    example = str(REPO_ROOT / "datasets" / "logs_example.yaml")
+    whole = prepare(data_config(tmp_path / "whole", name="logs", path=example))
+    overrides = ["data.chunk_rows=100", "data.partitions=3", "data.engine=ray"]
+    out = str(tmp_path / "ray")
+    assert main(["data", "prepare", "logs", "--path", example, "--out", out, *overrides]) == 0
+    printed = capsys.readouterr().out
+    cache = Path(printed.strip().splitlines()[-1].removeprefix("cache: "))
+    assert is_complete(cache) and cache.parent == Path(out)
+    assert_same_cache(whole.cache_dir, cache, fingerprint=False)

@@ -73,7 +73,10 @@ def load_raw(data_cfg: Any) -> RawTables:
 
 
 def is_chunked(data_cfg: Any) -> bool:
-    """Whether the recipe produces its events in chunks (``data.synthetic.chunk_users``)."""
+    """Whether the recipe produces its events in chunks (``data.synthetic.chunk_users``;
+    logs: ``data.chunk_rows``)."""
+    if data_cfg.name == "logs":
+        return int(getattr(data_cfg, "chunk_rows", 0) or 0) > 0
     return data_cfg.name == "synthetic" and int(data_cfg.synthetic.chunk_users or 0) > 0
 
 
@@ -81,10 +84,17 @@ def load_chunks(data_cfg: Any) -> tuple[RawTables, Iterator[pl.DataFrame]]:
     """The tables' description (items validated, no events) and the validated events of
     each chunk, for a chunked recipe (:func:`is_chunked`). Rows a chunk's validation drops
     are added to the description's ``dropped`` as the chunks are read."""
-    from intentrec.data.recipes.synthetic import generate_chunks
+    if data_cfg.name == "logs":
+        from intentrec.data.recipes.logs import load_logs_chunks
 
-    cfg = _synthetic_config(data_cfg.synthetic)
-    meta, chunks = generate_chunks(cfg, int(data_cfg.seed), int(cfg.chunk_users))
+        if not data_cfg.path:
+            raise DataError("config key 'data.path': required for data.name=logs")
+        meta, chunks = load_logs_chunks(str(data_cfg.path), int(data_cfg.chunk_rows))
+    else:
+        from intentrec.data.recipes.synthetic import generate_chunks
+
+        cfg = _synthetic_config(data_cfg.synthetic)
+        meta, chunks = generate_chunks(cfg, int(data_cfg.seed), int(cfg.chunk_users))
     source = meta.source or meta.name
     checked = validate_tables(dataclasses.replace(meta, events=next(chunks)), source)
     described = dataclasses.replace(
@@ -100,6 +110,17 @@ def load_chunks(data_cfg: Any) -> tuple[RawTables, Iterator[pl.DataFrame]]:
             yield raw.events
 
     return described, validated()
+
+
+def chunked_source_digest(data_cfg: Any) -> dict[str, Any]:
+    """What a chunked recipe's events depend on besides the config, for the fingerprint
+    (found before anything is read): nothing for the generator; a log's files' contents
+    (hashed as a byte stream: the log is not read into memory for it)."""
+    if data_cfg.name != "logs":
+        return {}
+    from intentrec.data.recipes.logs import files_digest
+
+    return {"files": files_digest(str(data_cfg.path))}
 
 
 def source_key(data_cfg: Any) -> tuple | None:

@@ -117,6 +117,7 @@ class ReadTable:
     source: Source
     records: np.ndarray | None = None  # exploded: 0-based record (line / row) of each row
     empty_lists: int = 0  # exploded: records left out because their list is empty or null
+    first_row: int = 0  # a chunk of the file (read_column_chunks): the file row of row 0
 
     @property
     def path(self) -> Path:
@@ -125,7 +126,7 @@ class ReadTable:
     def where(self, row: int) -> str:
         """Where 0-based row ``row`` is: "line N" (CSV, JSON lines) or "row N" (parquet)."""
         if self.records is None:
-            return locate(self.source, row)
+            return locate(self.source, self.first_row + row)
         record = int(self.records[row])
         return f"{locate(self.source, record)} (in its '{self.source.explode}' list)"
 
@@ -207,6 +208,48 @@ def read_columns(
     Raises DataError for a column the file lacks (listing those it has), a file without
     rows, and anything :mod:`polars` cannot read, located to the line where possible.
     """
+    source, frame, columns, fields, last = _checked_scan(source, wanted, text_columns)
+    if source.explode is not None:
+        return _read_exploded(source, frame, columns, fields)
+    try:
+        table = frame.select(list(dict.fromkeys([*columns, *([last] if last else [])]))).collect()
+    except (pl.exceptions.PolarsError, OSError) as err:
+        raise _read_error(source, err) from None
+    if table.height == 0:
+        raise DataError(f"{source.path}: has no rows")
+    _check_short_lines(source, table, last)
+    return ReadTable(table.select(columns), source)
+
+
+def read_column_chunks(
+    source: Source, wanted: list[tuple[str, str]], text_columns: list[str], rows: int
+) -> Iterator[ReadTable]:
+    """:func:`read_columns` ``rows`` rows at a time, in file order, in one streaming pass
+    (polars' streaming engine: the file is never held whole). Each chunk's
+    ``ReadTable.first_row`` locates its rows in the file; not for ``source.explode``."""
+    source, frame, columns, _, last = _checked_scan(source, wanted, text_columns)
+    if source.explode is not None:  # callers refuse it first; a list spans no chunks
+        raise ValueError("read_column_chunks: exploded sources are read whole")
+    selected = frame.select(list(dict.fromkeys([*columns, *([last] if last else [])])))
+    first = 0
+    try:
+        for table in selected.collect_batches(chunk_size=rows, lazy=True):
+            if table.height == 0:
+                continue
+            _check_short_lines(source, table, last)
+            yield ReadTable(table.select(columns), source, first_row=first)
+            first += table.height
+    except (pl.exceptions.PolarsError, OSError) as err:
+        raise _read_error(source, err) from None
+    if first == 0:
+        raise DataError(f"{source.path}: has no rows")
+
+
+def _checked_scan(
+    source: Source | Path, wanted: list[tuple[str, str]], text_columns: list[str]
+) -> tuple[Source, pl.LazyFrame, list[str], list[str], str | None]:
+    """The lazy scan of a source, its wanted columns checked to exist: (source, frame,
+    columns to read, the exploded list's fields, the CSV's last column or None)."""
     if isinstance(source, Path):
         source = Source(source, file_format(source))
     frame = _scan(source, text_columns)
@@ -223,21 +266,16 @@ def read_columns(
         if column not in available:
             raise DataError(_missing_column(source, key, column, available))
     columns = list(dict.fromkeys(c for _, c in wanted))
-    if source.explode is not None:
-        return _read_exploded(source, frame, columns, fields)
     # A short CSV line leaves nulls in the file's last column: read it to notice.
-    last = available[-1] if source.is_csv and available else None
-    try:
-        table = frame.select(list(dict.fromkeys([*columns, *([last] if last else [])]))).collect()
-    except (pl.exceptions.PolarsError, OSError) as err:
-        raise _read_error(source, err) from None
-    if table.height == 0:
-        raise DataError(f"{source.path}: has no rows")
+    last = available[-1] if source.is_csv and available and source.explode is None else None
+    return source, frame, columns, fields, last
+
+
+def _check_short_lines(source: Source, table: pl.DataFrame, last: str | None) -> None:
     if last is not None and table[last].null_count():
         problem = csv_problem(source)
         if problem:
             raise DataError(f"{source.path}: {problem}")
-    return ReadTable(table.select(columns), source)
 
 
 def _missing_column(source: Source, key: str, column: str, available: list[str]) -> str:

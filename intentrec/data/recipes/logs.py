@@ -44,7 +44,10 @@ left out (an empty list to explode) are counted in ``RawTables.dropped``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +55,7 @@ import polars as pl
 
 from intentrec.data.errors import DataError
 from intentrec.data.raw import RawTables
-from intentrec.data.recipes.files import ReadTable, read_columns
+from intentrec.data.recipes.files import ReadTable, Source, read_column_chunks, read_columns
 from intentrec.data.recipes.logs_mapping import (
     DURATION_UNITS,
     EVENT_CANONICAL,
@@ -110,6 +113,20 @@ def source_key(mapping_yaml: str) -> tuple:
     return (str(mapping_path.resolve()), text, tuple(stats))
 
 
+def files_digest(mapping_yaml: str) -> list[str]:
+    """The mapping's text and each data file's bytes, hashed (BLAKE2b) without holding a
+    file in memory: what a log read in chunks is fingerprinted by."""
+    mapping_path = Path(mapping_yaml)
+    text = mapping_text(mapping_path)
+    digests = [hashlib.blake2b(text.encode(), digest_size=16).hexdigest()]
+    for path in _data_files(parse_mapping(text, mapping_path), mapping_path):
+        with path.open("rb") as fh:
+            digests.append(
+                hashlib.file_digest(fh, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+            )
+    return digests
+
+
 def _data_files(mapping: dict[str, Any], mapping_path: Path) -> list[Path]:
     """The events file, then the items file if the mapping names one (checked to exist)."""
     here = mapping_path.parent
@@ -119,7 +136,32 @@ def _data_files(mapping: dict[str, Any], mapping_path: Path) -> list[Path]:
     return files
 
 
-def _load(mapping: dict[str, Any], mapping_path: Path, files: list[Path]) -> RawTables:
+@dataclass
+class _Plan:
+    """What a mapping reads: canonical column -> (mapping key, source column), the extra
+    columns, the files and what of them to read."""
+
+    mapping: dict[str, Any]
+    mapping_path: Path
+    event_sources: dict[str, tuple[str, str]]
+    item_sources: dict[str, tuple[str, str]]
+    event_extra: list[ExtraColumn]
+    item_extra: list[ExtraColumn]
+    events_source: Source
+    items_source: Source | None
+    item_from_events: bool  # item metadata columns read from the events file
+    wanted: list[tuple[str, str]]  # (mapping key, column) of the events file
+
+    @property
+    def ev(self) -> dict[str, Any]:
+        return self.mapping["events"]
+
+    @property
+    def it(self) -> dict[str, Any] | None:
+        return self.mapping.get("items")
+
+
+def _plan(mapping: dict[str, Any], mapping_path: Path, files: list[Path]) -> _Plan:
     ev = mapping["events"]
     it = mapping.get("items")
 
@@ -168,32 +210,128 @@ def _load(mapping: dict[str, Any], mapping_path: Path, files: list[Path]) -> Raw
     if item_from_events:
         wanted += [v for k, v in item_sources.items() if k != "item_id"]
         wanted += [(e.key, e.column) for e in item_extra]
-    event_table = read_columns(events_source, wanted, text_columns=[ev["user"], ev["item"]])
-    events = _events_table(event_table, event_sources, ev, event_extra)
+    item_from_events = item_from_events and (
+        len(item_sources) > ("item_id" in item_sources) or bool(item_extra)
+    )
+    return _Plan(
+        mapping,
+        mapping_path,
+        event_sources,
+        item_sources,
+        event_extra,
+        item_extra,
+        events_source,
+        items_source,
+        item_from_events,
+        wanted,
+    )
+
+
+def _load(mapping: dict[str, Any], mapping_path: Path, files: list[Path]) -> RawTables:
+    plan = _plan(mapping, mapping_path, files)
+    ev = plan.ev
+    event_table = read_columns(plan.events_source, plan.wanted, text_columns=_id_columns(plan))
+    events = _events_table(event_table, plan.event_sources, ev, plan.event_extra)
     dropped: dict[str, int] = {}
     if event_table.empty_lists:
         dropped[f"empty_{ev['explode']}_lists"] = event_table.empty_lists
         log.info(
             "%s: left out %d records whose %r list is empty (events.explode)",
-            events_source.path,
+            plan.events_source.path,
             event_table.empty_lists,
             ev["explode"],
         )
-
-    if items_source is not None:
-        item_sources.setdefault("item_id", ("items.item", ev["item"]))
-        wanted = list(item_sources.values()) + [(e.key, e.column) for e in item_extra]
-        item_table = read_columns(items_source, wanted, text_columns=[item_sources["item_id"][1]])
-        if item_table.empty_lists:
-            dropped[f"empty_{it['explode']}_lists_of_items"] = item_table.empty_lists
-        items = _items_table(item_table, item_sources, it, item_extra)
-    elif item_from_events and (len(item_sources) > ("item_id" in item_sources) or item_extra):
-        item_sources["item_id"] = ("events.item", ev["item"])
-        table = _items_table(event_table, item_sources, it, item_extra)
-        items = _one_row_per_item(table, events_source.path)
+    if plan.items_source is not None:
+        items = _items_file(plan, dropped)
+    elif plan.item_from_events:
+        item_sources = {**plan.item_sources, "item_id": ("events.item", ev["item"])}
+        table = _items_table(event_table, item_sources, plan.it, plan.item_extra)
+        items = _one_row_per_item(table, plan.events_source.path)
     else:
         items = events.select("item_id").unique(maintain_order=True)
+    tables = _tables(plan, events, items, dropped)
+    log.info("%s: %d events, %d items", tables.source, events.height, items.height)
+    return tables
 
+
+def load_logs_chunks(mapping_yaml: str, rows: int) -> tuple[RawTables, Iterator[pl.DataFrame]]:
+    """The tables' description (the items, no events) and the events file's events
+    ``rows`` rows at a time (``data.chunk_rows``), in file order, never held whole.
+
+    Each chunk is converted and checked as the whole file is (messages name the file's
+    line); the items come from the items file, or without an ``items`` section are the
+    distinct event items (one streaming pass over the item column). Item metadata read
+    from the events file (needing all its rows per item) and ``events.explode`` are read
+    whole: refused here with the key to change.
+    """
+    mapping_path = Path(mapping_yaml)
+    mapping = parse_mapping(mapping_text(mapping_path), mapping_path)
+    plan = _plan(mapping, mapping_path, _data_files(mapping, mapping_path))
+    ev = plan.ev
+    why = None
+    if plan.item_from_events:
+        why = "item metadata read from the events file needs all of its rows (give 'items.path')"
+    elif ev.get("explode") is not None:
+        why = "key 'events.explode' reads the file whole"
+    if why:
+        raise DataError(
+            f"{mapping_path}: config key 'data.chunk_rows' reads the events file in chunks, "
+            f"but {why}; or set data.chunk_rows=0"
+        )
+    dropped: dict[str, int] = {}
+    if plan.items_source is not None:
+        items = _items_file(plan, dropped)
+    else:
+        items = _distinct_event_items(plan)
+    chunks = read_column_chunks(plan.events_source, plan.wanted, _id_columns(plan), rows)
+    first = next(chunks)  # converted now: the events' columns decide the default intents
+    first_events = _events_table(first, plan.event_sources, ev, plan.event_extra)
+    tables = _tables(plan, first_events.head(0), items, dropped)
+
+    def events() -> Iterator[pl.DataFrame]:
+        yield first_events
+        for table in chunks:
+            yield _events_table(table, plan.event_sources, ev, plan.event_extra)
+
+    log.info("%s: reading events %d rows at a time, %d items", tables.source, rows, items.height)
+    return tables, events()
+
+
+def _id_columns(plan: _Plan) -> list[str]:
+    return [plan.ev["user"], plan.ev["item"]]
+
+
+def _items_file(plan: _Plan, dropped: dict[str, int]) -> pl.DataFrame:
+    """The items table of the mapping's items file (its empty lists counted in dropped)."""
+    item_sources = {**plan.item_sources}
+    item_sources.setdefault("item_id", ("items.item", plan.ev["item"]))
+    wanted = list(item_sources.values()) + [(e.key, e.column) for e in plan.item_extra]
+    item_table = read_columns(plan.items_source, wanted, text_columns=[item_sources["item_id"][1]])
+    if item_table.empty_lists:
+        dropped[f"empty_{plan.it['explode']}_lists_of_items"] = item_table.empty_lists
+    return _items_table(item_table, item_sources, plan.it, plan.item_extra)
+
+
+def _distinct_event_items(plan: _Plan) -> pl.DataFrame:
+    """The distinct item ids of the events file in first-seen order, in one streaming pass
+    (a missing id is left to the chunks' check, which names its line)."""
+    column = plan.ev["item"]
+    scanned = read_column_chunks(
+        plan.events_source, [("events.item", column)], _id_columns(plan), rows=1 << 20
+    )
+    seen = [table.frame.select(pl.col(column).alias("item_id")) for table in scanned]
+    distinct = pl.concat(seen).unique(maintain_order=True).drop_nulls()
+    if distinct.schema["item_id"] == pl.Utf8:
+        distinct = distinct.filter(pl.col("item_id").str.strip_chars() != "")
+    return distinct
+
+
+def _tables(
+    plan: _Plan, events: pl.DataFrame, items: pl.DataFrame, dropped: dict[str, int]
+) -> RawTables:
+    """The RawTables of the read events and items (intents and weight from the mapping or,
+    by default, from the columns they have)."""
+    mapping, mapping_path = plan.mapping, plan.mapping_path
     intents = mapping.get("intents")
     if intents is None:
         have = set(events.columns) | set(items.columns)
@@ -205,11 +343,11 @@ def _load(mapping: dict[str, Any], mapping_path: Path, files: list[Path]) -> Raw
         raise DataError(
             f"{mapping_path}: key 'weight': {weight!r} needs 'events.{weight}' to be mapped"
         )
-    items_path = items_source.path if items_source is not None else None
+    items_path = plan.items_source.path if plan.items_source is not None else None
     source = (
-        f"{mapping_path} (events: {events_source.path}; items: {items_path or 'from the events'})"
+        f"{mapping_path} (events: {plan.events_source.path}; "
+        f"items: {items_path or 'from the events'})"
     )
-    log.info("%s: %d events, %d items", source, events.height, items.height)
     return RawTables(
         name=str(mapping.get("name") or "logs"),
         events=events,
@@ -217,7 +355,7 @@ def _load(mapping: dict[str, Any], mapping_path: Path, files: list[Path]) -> Raw
         intents=list(intents),
         weight_column=None if weight == "none" else weight,
         source=source,
-        label_only_columns=[e.name for e in event_extra + item_extra if not e.input],
+        label_only_columns=[e.name for e in plan.event_extra + plan.item_extra if not e.input],
         dropped=dropped,
     )
 
