@@ -287,8 +287,7 @@ def run(
             result = _run_size(rep, size, count, tmp, loader=True)
             if result is not None:
                 parted.append(result)
-                if size <= IN_MEMORY_MAX:  # a user's own logs (parquet) at this size
-                    _run_logs(rep, size, count, tmp)
+                _run_logs(rep, size, count, tmp)  # the same log as a user's parquet files
                 if _has_ray():
                     on_ray = _run_size(rep, size, count, tmp, engine="ray")
                     if on_ray is not None:

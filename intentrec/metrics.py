@@ -27,7 +27,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from intentrec.batch import IGNORE_INDEX
-from intentrec.ranking import check_score_fn, float32_target_ranks
+from intentrec.ranking import check_score_fn, float32_target_ranks, max_item_norm
 
 SCORE_DTYPES = ("float32", "float64")
 
@@ -159,11 +159,13 @@ def target_ranks(
         bias = None if bias is None else bias.float()
         if score_fn is not None:
             check_score_fn(score_fn, hidden.device)
-        scored = [hidden, weight[1:]] + ([] if bias is None else [bias[1:]])
-        if all(bool(torch.isfinite(x).all()) for x in scored):
+        item_norm = max_item_norm(weight)  # NaN / inf iff an item value is (or overflows)
+        small = [hidden] + ([] if bias is None else [bias[1:]])
+        if bool(torch.isfinite(item_norm)) and all(bool(torch.isfinite(x).all()) for x in small):
             return float32_target_ranks(
-                hidden, weight, bias, targets, ignored_ids, chunk_size, score_fn
+                hidden, weight, bias, targets, ignored_ids, chunk_size, score_fn, item_norm
             )
+        scored = [hidden, weight[1:]] + ([] if bias is None else [bias[1:]])
         if any(bool(torch.isnan(x).any()) for x in scored):
             raise ValueError(
                 "NaN scores in target_ranks: the model produced NaN item scores "

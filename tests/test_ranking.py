@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from intentrec.ranking import _error_bound, activation_thresholds, scores_of_record
@@ -52,3 +53,29 @@ def test_error_bound_covers_the_float32_gemm() -> None:
     bound = _error_bound(hidden, weight, None, z.double(), 2.0**-24)  # [N]
     worst = ((rough.double() - exact).abs().max(1).values / (bound / 2)).max()
     assert worst < 0.1
+
+
+def test_max_item_norm_is_the_finiteness_check_of_the_items() -> None:
+    from intentrec.ranking import max_item_norm
+
+    weight = torch.randn(200, 16, generator=torch.Generator().manual_seed(0))
+    norms = weight[1:].double().norm(dim=1)
+    assert float(max_item_norm(weight)) == pytest.approx(float(norms.max()), rel=1e-6)
+    weight[0] = float("nan")  # the padding row is not an item
+    assert torch.isfinite(max_item_norm(weight))
+    for bad in (float("nan"), float("inf"), float("-inf"), 1e30):  # 1e30: its norm overflows
+        broken = weight.clone()
+        broken[57, 3] = bad
+        assert not torch.isfinite(max_item_norm(broken)), bad
+
+
+def test_items_whose_norm_overflows_are_ranked_by_the_float64_path() -> None:
+    from intentrec.metrics import target_ranks
+
+    gen = torch.Generator().manual_seed(1)
+    weight, hidden = torch.randn(300, 8, generator=gen), torch.randn(40, 8, generator=gen)
+    weight[7] = 3e19  # finite, but its squared norm is not a float32
+    targets = torch.randint(1, 300, (40,), generator=gen)
+    fast = target_ranks(hidden, weight, None, targets, 64, score_dtype="float32")
+    reference = target_ranks(hidden, weight, None, targets, 64, score_dtype="float64")
+    assert torch.equal(fast, reference)
