@@ -72,16 +72,22 @@ class RayEngine(Engine):
         env = {"POLARS_MAX_THREADS": "1"}
         task = ray.remote(num_cpus=1, runtime_env={"env_vars": env})(fn)
         pending = [task.remote(item, *refs) for item in items]
-        for future in pending:  # in order; Ray runs them as CPUs free up
-            try:
-                yield ray.get(future)
-            except ray.exceptions.RayTaskError as err:
-                # The task's own error (a DataError naming the file or key), not Ray's
-                # wrapper with the worker's traceback.
-                cause = getattr(err, "cause", None)
-                if isinstance(cause, Exception):
-                    raise cause from None
-                raise
+        done = 0
+        try:
+            for future in pending:  # in order; Ray runs them as CPUs free up
+                try:
+                    yield ray.get(future)
+                except ray.exceptions.RayTaskError as err:
+                    # The task's own error (a DataError naming the file or key), not Ray's
+                    # wrapper with the worker's traceback.
+                    cause = getattr(err, "cause", None)
+                    if isinstance(cause, Exception):
+                        raise cause from None
+                    raise
+                done += 1
+        finally:  # an error, or the caller stopped: the tasks left must not write on
+            for future in pending[done:]:
+                ray.cancel(future, force=True)
 
     def close(self) -> None:
         if self._started:
