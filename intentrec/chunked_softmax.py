@@ -61,9 +61,12 @@ def full_cross_entropy(
 ) -> Tensor:
     """The plain full softmax (``loss.item_loss=full``): per-target cross-entropy over items
     1..V-1 with every score materialised, [N, V] logits kept for backward. The padding
-    column is sliced off, not masked: a -inf column would make a smoothed loss infinite,
-    and masking would copy the whole [N, V] block once more. targets [N] in 1..V-1 -> [N]."""
-    scores = item_scores(hidden, weight, bias, score_fn)[:, 1:]  # [N, V - 1]
+    row is left out of the GEMM, not masked: a -inf column would make a smoothed loss
+    infinite, and masking (or slicing the column off the scores) would copy the whole
+    [N, V] block once more (a sliced, non-contiguous block made forward + backward ~25%
+    slower). targets [N] in 1..V-1 -> [N]."""
+    items_bias = None if bias is None else bias[1:]
+    scores = item_scores(hidden, weight[1:], items_bias, score_fn)  # [N, V - 1], contiguous
     return F.cross_entropy(scores, targets - 1, reduction="none", label_smoothing=label_smoothing)
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from intentrec.chunked_softmax import chunked_cross_entropy
+from intentrec.chunked_softmax import chunked_cross_entropy, full_cross_entropy
 from intentrec.config import ConfigError, load
 from intentrec.datamodule import IntentRecDataModule
 from intentrec.models import build_model
@@ -59,6 +59,23 @@ def test_chunked_equals_plain_loss_and_gradients(chunk, with_bias, eps, score_fn
         assert got.dtype == want.dtype, name
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6, msg=name)
     # The padding row is never a class: no gradient reaches it.
+    assert torch.equal(grads[1][0], torch.zeros(D, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("score_fn", [None, torch.tanh], ids=["linear", "tanh"])
+@pytest.mark.parametrize("with_bias", [False, True], ids=["no_bias", "bias"])
+def test_plain_loss_leaves_the_padding_row_out_of_the_gemm(with_bias, score_fn) -> None:
+    """``loss.item_loss=full`` scores items 1..V-1 only (a contiguous block, no sliced
+    copy): the same loss and gradients as every logit computed and column 0 sliced off."""
+    hidden, weight, bias, targets, upstream = _inputs(with_bias)
+    params = [hidden, weight] + ([bias] if with_bias else [])
+    expected = plain_loss(hidden, weight, bias, targets, 0.1, score_fn)
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), params)
+    loss = full_cross_entropy(hidden, weight, bias, targets, 0.1, score_fn)
+    grads = torch.autograd.grad((loss * upstream).sum(), params)
+    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-12)
+    for name, got, want in zip(("hidden", "weight", "bias"), grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12, msg=name)
     assert torch.equal(grads[1][0], torch.zeros(D, dtype=torch.float64))
 
 
