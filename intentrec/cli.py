@@ -41,7 +41,21 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
         if value is not None:
             overrides.append(f"data.synthetic.{key}={value}")
     cfg = load(overrides=overrides + list(args.overrides))
-    prepared = prepare(cfg.data)
+    if args.step is not None or args.partition is not None:
+        from intentrec.data.engines import parse_step
+        from intentrec.data.errors import DataError
+        from intentrec.data.prepare import prepare_step
+
+        if args.step is None:
+            raise DataError("--partition: needs --step keep, collect or build")
+        step = parse_step(args.step, args.partition, int(cfg.data.partitions))
+        prepared = prepare_step(cfg.data, step)
+        if prepared is None:
+            where = "" if step.partition is None else f" (partition {args.partition})"
+            print(f"step {step.name}{where}: done")
+            return 0
+    else:
+        prepared = prepare(cfg.data)
     print(format_summary(prepared))
     print(f"cache: {prepared.cache_dir}")
     return 0
@@ -177,6 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--users", type=int, help="synthetic: number of users")
     prep.add_argument("--items", type=int, help="synthetic: catalogue size")
     prep.add_argument("--events-per-user", dest="events_per_user", type=float)
+    prep.add_argument(
+        "--step",
+        help="one step of a staged prepare, for a job array: scatter | keep | collect | "
+        "build | merge (README, 'On a cluster')",
+    )
+    prep.add_argument(
+        "--partition", help="i/N: the partition of --step keep/collect/build (i from 0)"
+    )
     prep.add_argument("overrides", nargs="*", help="key=value config overrides (data.*)")
     prep.set_defaults(func=_cmd_data_prepare)
 

@@ -220,12 +220,15 @@ def build_partitioned(
     path: Path,
     lap: Callable[[str], None],
     engine: Engine | None = None,
+    shards: Path | None = None,
 ) -> tuple[DataSchema, dict[str, Any]]:
     """Write the cache at ``path`` from the partitions of ``source_parts``.
 
     raw: the tables' description and the whole items table (its events are not used).
     engine: where each pass's partition tasks run (``engines.py``; default: here, in
-    order). Returns the schema and stats; arrays and tables are those ``build.build`` gives.
+    order). shards: the folder of the build pass's shard files (default: inside the
+    cache's temporary folder; a staged prepare's build and merge are separate commands).
+    Returns the schema and stats; arrays and tables are those ``build.build`` gives.
     """
     engine = engine or Engine()
     meta = dataclasses.replace(raw, events=raw.events.head(0))  # what a task is sent
@@ -237,9 +240,10 @@ def build_partitioned(
     lap("collect")
     writer = CacheWriter(path)
     try:
-        shards = writer.tmp / "shards"
+        shards = shards or writer.tmp / "shards"
         built = engine.map(_build_task, indexes, ctx, glob, shards)
         schema, stats, tables = _assemble(built, glob, meta, data_cfg, hidden, digest, writer)
+        shutil.rmtree(shards, ignore_errors=True)
         lap("build")
         writer.finish(tables, schema, stats)
     except BaseException:
@@ -485,6 +489,7 @@ def _build_task(p: int, ctx: _Context, glob: _Global, shards: Path) -> _Built:
         sessions.session - first_session[ordered.user - 1] + session_first[user]
     ).astype(np.int32 if total_sessions < 2**31 else np.int64)
     shard = _Shard(shards / f"p{p:05d}", global_user[1:], ordered.user_offsets)
+    shutil.rmtree(shard.folder, ignore_errors=True)  # a staged build's retry starts afresh
     shard.folder.mkdir(parents=True)
     for key, array in arrays.items():
         built.layout[key] = (array.dtype, array.shape[1:])
@@ -536,7 +541,6 @@ def _assemble(
     writer.save("user_offsets", user_offsets)
     writer.save("items_train_count", glob.items_train_count)
     _merge(shards, layout, user_offsets, writer)
-    shutil.rmtree(writer.tmp / "shards")
 
     ids = _Ids(np.zeros(0), glob.user_ids, np.zeros(0), glob.item_ids, glob.catalogue)
     kept = _merged_kept(kept_of, int(data_cfg.min_user_events))

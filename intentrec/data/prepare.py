@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,7 +30,8 @@ from intentrec.data.cache import (
     is_complete,
     write_cache,
 )
-from intentrec.data.engines import make_engine
+from intentrec.data.engines import StagedEngine, Step, StepDone, make_engine
+from intentrec.data.errors import DataError
 from intentrec.data.ids import dense_codes, duplicate_rows
 from intentrec.data.partitioned import (
     FilePartitions,
@@ -172,15 +174,74 @@ def _prepare_chunked(data_cfg: Any, timer: _Timer) -> Prepared:
     The fingerprint is of the config alone (a generator's chunks are determined by it),
     so an existing cache is found before anything is generated.
     """
-    config = fingerprint_config(data_cfg)
-    digest = fingerprint({}, config, extra={"chunked": True, **chunked_source_digest(data_cfg)})
-    path = cache_dir_for(data_cfg.cache_dir, str(data_cfg.name), digest)
+    digest, path = _chunked_cache(data_cfg)
     if is_complete(path):
         log.info("prepare: reusing cache %s", path)
         return _reused(path, timer)
     meta, chunks = load_chunks(data_cfg)
     hidden = _hidden_columns(meta)
     schema, stats = _partitioned(meta, chunks, data_cfg, hidden, digest, path, timer)
+    return _written(path, schema, stats, timer)
+
+
+def _chunked_cache(data_cfg: Any) -> tuple[str, Path]:
+    """(fingerprint, cache folder) of a chunked source: from the config (and the files'
+    digest for logs) alone, so they are known before a chunk is read."""
+    config = fingerprint_config(data_cfg)
+    digest = fingerprint({}, config, extra={"chunked": True, **chunked_source_digest(data_cfg)})
+    return digest, cache_dir_for(data_cfg.cache_dir, str(data_cfg.name), digest)
+
+
+def prepare_step(data_cfg: Any, step: Step) -> Prepared | None:
+    """One command of a staged prepare (``intentrec data prepare ... --step S
+    [--partition i/N]``, ``engines.StagedEngine``): ``scatter`` the input into partition
+    files, run one pass (keep, collect, build) of one partition, or ``merge`` every
+    partition's shard into the cache, which it returns (the other steps return None).
+
+    For a job array: scatter once, then each pass for i = 0..N-1 (any order, any machine
+    that sees ``data.cache_dir``), then merge once. The steps' files live next to the cache
+    in ``.<cache>.staged/``; the merge removes them. Needs a chunked source and
+    ``data.partitions`` > 1; the cache is the one ``prepare`` writes, array for array.
+    """
+    if not (is_chunked(data_cfg) and int(data_cfg.partitions) > 1):
+        raise DataError(
+            "--step: a staged prepare needs config key 'data.partitions' > 1 and a chunked "
+            "source (data.synthetic.chunk_users, or data.chunk_rows with data.name=logs)"
+        )
+    timer = _Timer()
+    digest, path = _chunked_cache(data_cfg)
+    if is_complete(path):
+        log.info("prepare: cache %s is complete; step %s has nothing to do", path, step.name)
+        return _reused(path, timer) if step.name == "merge" else None
+    staged = path.parent / f".{path.name}.staged"
+    parts_dir, scattered = staged / "parts", staged / "scattered.json"
+    count = int(data_cfg.partitions)
+    meta, chunks = load_chunks(data_cfg)
+    if step.name == "scatter":  # a new scatter makes every later result stale
+        shutil.rmtree(staged, ignore_errors=True)
+        events = scatter(chunks, count, parts_dir)
+        # What validation dropped is counted as the chunks are read: only this step sees it.
+        summary = {"events": events, "partitions": count, "dropped": meta.dropped}
+        scattered.write_text(json.dumps(summary))
+        log.info("%s: %d events in %d partitions", meta.source or meta.name, events, count)
+        return None
+    if not scattered.exists():
+        raise DataError(
+            f"--step {step.name}: no scattered input in {staged}: run --step scatter first"
+        )
+    meta.dropped = json.loads(scattered.read_text())["dropped"]
+    engine = StagedEngine(staged / "results", step)
+    parts = FilePartitions(parts_dir, count)
+    hidden = _hidden_columns(meta)
+    try:
+        schema, stats = build_partitioned(
+            meta, parts, data_cfg, hidden, digest, path, timer.lap, engine, staged / "shards"
+        )
+    except StepDone:
+        where = "" if step.partition is None else f" of partition {step.partition}/{count}"
+        log.info("prepare: step %s%s written to %s", step.name, where, staged)
+        return None
+    shutil.rmtree(staged)
     return _written(path, schema, stats, timer)
 
 
