@@ -168,6 +168,25 @@ def test_exact_sum_does_not_depend_on_grouping() -> None:
     assert np.isnan(ExactSum().mean())
 
 
+def test_exact_sum_is_the_exact_rational_sum_at_any_bincount_size() -> None:
+    from fractions import Fraction
+    from unittest import mock
+
+    from intentrec.data import exact_sum
+
+    rng = np.random.default_rng(1)
+    values = np.concatenate(
+        [
+            rng.lognormal(0, 30, 5_000) * rng.choice([-1.0, 1.0], 5_000),
+            [5e-324, -5e-324, 2.2e-308, 1.7e308, -1.7e308, 0.0, -0.0, 1.0, 1.0 + 2**-52],
+        ]
+    )
+    exact = sum((Fraction(v) for v in values.tolist()), Fraction(0))
+    assert ExactSum.of(values).total() == exact
+    with mock.patch.object(exact_sum, "_BINCOUNT_VALUES", 7):  # many partial bincounts
+        assert ExactSum.of(values).total() == exact
+
+
 def test_bad_partition_keys_are_one_line_naming_the_key(tmp_path: Path) -> None:
     from intentrec.config import ConfigError, load
 
