@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import shutil
 import tempfile
 import time
@@ -214,22 +215,27 @@ def prepare_step(data_cfg: Any, step: Step) -> Prepared | None:
         log.info("prepare: cache %s is complete; step %s has nothing to do", path, step.name)
         return _reused(path, timer) if step.name == "merge" else None
     staged = path.parent / f".{path.name}.staged"
-    parts_dir, scattered = staged / "parts", staged / "scattered.json"
+    parts_dir, described = staged / "parts", staged / "tables.pkl"
     count = int(data_cfg.partitions)
-    meta, chunks = load_chunks(data_cfg)
     if step.name == "scatter":  # a new scatter makes every later result stale
         shutil.rmtree(staged, ignore_errors=True)
+        meta, chunks = load_chunks(data_cfg)
         events = scatter(chunks, count, parts_dir)
-        # What validation dropped is counted as the chunks are read: only this step sees it.
-        summary = {"events": events, "partitions": count, "dropped": meta.dropped}
-        scattered.write_text(json.dumps(summary))
+        # The tables' description, with what validation dropped (counted as the chunks
+        # are read), for the later steps: they do not read the input again.
+        staged.mkdir(parents=True, exist_ok=True)
+        partial = described.with_suffix(".tmp")
+        with open(partial, "wb") as fh:
+            pickle.dump(meta, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        partial.replace(described)  # written last and whole: the scatter is complete
         log.info("%s: %d events in %d partitions", meta.source or meta.name, events, count)
         return None
-    if not scattered.exists():
+    if not described.exists():
         raise DataError(
             f"--step {step.name}: no scattered input in {staged}: run --step scatter first"
         )
-    meta.dropped = json.loads(scattered.read_text())["dropped"]
+    with open(described, "rb") as fh:
+        meta = pickle.load(fh)
     engine = StagedEngine(staged / "results", step)
     parts = FilePartitions(parts_dir, count)
     hidden = _hidden_columns(meta)
