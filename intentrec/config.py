@@ -89,8 +89,9 @@ class DataConfig:
     # > 1: prepare in this many partitions of users, one at a time (bounded memory; the
     # same cache, not part of its fingerprint; intentrec/data/partitioned.py)
     partitions: int = 1
-    # logs: > 0 reads the events file this many rows at a time (with data.partitions > 1
-    # the log is then never held whole); 0 reads it whole. The same tables either way.
+    # logs: > 0 reads the events file this many rows (events.explode: records) at a time
+    # (with data.partitions > 1 the log is then never held whole); 0 reads it whole. The
+    # same tables either way.
     chunk_rows: int = 0
     # where those partitions are prepared (intentrec/data/engines.py): "local", one after
     # another in this process, or "ray", one Ray task each (pip install 'intentrec[ray]').

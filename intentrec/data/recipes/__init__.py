@@ -82,8 +82,10 @@ def is_chunked(data_cfg: Any) -> bool:
 
 def load_chunks(data_cfg: Any) -> tuple[RawTables, Iterator[pl.DataFrame]]:
     """The tables' description (items validated, no events) and the validated events of
-    each chunk, for a chunked recipe (:func:`is_chunked`). Rows a chunk's validation drops
-    are added to the description's ``dropped`` as the chunks are read."""
+    each chunk, for a chunked recipe (:func:`is_chunked`). Rows a chunk's validation drops,
+    and the recipe's own counts (``meta.dropped``, which a recipe may raise as it reads its
+    chunks: records of empty lists), are added to the description's ``dropped`` as the
+    chunks are read."""
     if data_cfg.name == "logs":
         from intentrec.data.recipes.logs import load_logs_chunks
 
@@ -107,7 +109,9 @@ def load_chunks(data_cfg: Any) -> tuple[RawTables, Iterator[pl.DataFrame]]:
             raw = validate_tables(dataclasses.replace(described, events=chunk, dropped={}), source)
             for reason, rows in raw.dropped.items():
                 described.dropped[reason] = described.dropped.get(reason, 0) + rows
+            described.dropped.update(meta.dropped)  # the recipe's counts so far
             yield raw.events
+        described.dropped.update(meta.dropped)  # and its last (after the last chunk)
 
     return described, validated()
 

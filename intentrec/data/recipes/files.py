@@ -118,10 +118,22 @@ class ReadTable:
     records: np.ndarray | None = None  # exploded: 0-based record (line / row) of each row
     empty_lists: int = 0  # exploded: records left out because their list is empty or null
     first_row: int = 0  # a chunk of the file (read_column_chunks): the file row of row 0
+    chunk: bool = False  # one chunk of the file (read_column_chunks), not all of it
 
     @property
     def path(self) -> Path:
         return self.source.path
+
+    def rows(self) -> str:
+        """What the table's rows are, for a count in a message: "58 rows", or "the 26
+        rows of its chunk (data.chunk_rows)" (a chunk's count is not the file's)."""
+        if not self.chunk:
+            return f"{self.frame.height} rows"
+        return f"the {self.frame.height} rows of its chunk (data.chunk_rows)"
+
+    def in_chunk(self) -> str:
+        """ "" for the whole file, else " in the N rows of its chunk (data.chunk_rows)"."""
+        return f" in {self.rows()}" if self.chunk else ""
 
     def where(self, row: int) -> str:
         """Where 0-based row ``row`` is: "line N" (CSV, JSON lines) or "row N" (parquet)."""
@@ -226,23 +238,40 @@ def read_column_chunks(
 ) -> Iterator[ReadTable]:
     """:func:`read_columns` ``rows`` rows at a time, in file order, in one streaming pass
     (polars' streaming engine: the file is never held whole). Each chunk's
-    ``ReadTable.first_row`` locates its rows in the file; not for ``source.explode``."""
-    source, frame, columns, _, last = _checked_scan(source, wanted, text_columns)
-    if source.explode is not None:  # callers refuse it first; a list spans no chunks
-        raise ValueError("read_column_chunks: exploded sources are read whole")
-    selected = frame.select(list(dict.fromkeys([*columns, *([last] if last else [])])))
+    ``ReadTable.first_row`` locates its rows in the file. With ``source.explode`` a chunk is
+    ``rows`` records (lines / rows of the file, before exploding: a list is never split
+    between chunks), each chunk's ``empty_lists`` counting its records left out."""
+    source, frame, columns, fields, last = _checked_scan(source, wanted, text_columns)
+    if source.explode is not None:
+        record = _record_column(columns, fields)
+        selected = _list_records(frame, source, columns, fields, record)
+    else:
+        selected = frame.select(list(dict.fromkeys([*columns, *([last] if last else [])])))
     first = 0
+    read = 0  # rows yielded (exploded: list elements)
     try:
         for table in selected.collect_batches(chunk_size=rows, lazy=True):
             if table.height == 0:
                 continue
-            _check_short_lines(source, table, last)
-            yield ReadTable(table.select(columns), source, first_row=first)
             first += table.height
+            if source.explode is not None:
+                exploded = _exploded(table, source, columns, fields, record)
+                exploded.chunk = True
+                read += exploded.frame.height
+                if exploded.frame.height or exploded.empty_lists:
+                    yield exploded
+                continue
+            _check_short_lines(source, table, last)
+            yield ReadTable(
+                table.select(columns), source, first_row=first - table.height, chunk=True
+            )
+            read += table.height
     except (pl.exceptions.PolarsError, OSError) as err:
         raise _read_error(source, err) from None
     if first == 0:
         raise DataError(f"{source.path}: has no rows")
+    if read == 0:
+        raise _every_list_empty(source)
 
 
 def _checked_scan(
@@ -345,30 +374,55 @@ def _read_exploded(
     source: Source, frame: pl.LazyFrame, columns: list[str], fields: list[str]
 ) -> ReadTable:
     """One row per list element, records with an empty or null list left out (counted)."""
-    name = source.explode
-    outer = [c for c in columns if c not in fields]
-    record = "_record"  # the input record of each row (for messages), named apart
-    while record in columns or record in fields:
-        record = "_" + record
-    selected = frame.with_row_index(record).select(record, *outer, name)
-    try:
-        lists = selected.collect()  # one pass over the file; exploded in memory below
+    record = _record_column(columns, fields)
+    try:  # one pass over the file; exploded in memory below
+        lists = _list_records(frame, source, columns, fields, record).collect()
     except (pl.exceptions.PolarsError, OSError) as err:
         raise _read_error(source, err) from None
     if lists.height == 0:
         raise DataError(f"{source.path}: has no rows")
+    table = _exploded(lists, source, columns, fields, record)
+    if table.frame.height == 0:
+        raise _every_list_empty(source)
+    return table
+
+
+def _record_column(columns: list[str], fields: list[str]) -> str:
+    """A name for the input record of each row (for messages), apart from the columns."""
+    record = "_record"
+    while record in columns or record in fields:
+        record = "_" + record
+    return record
+
+
+def _list_records(
+    frame: pl.LazyFrame, source: Source, columns: list[str], fields: list[str], record: str
+) -> pl.LazyFrame:
+    """One row per input record: its 0-based number, the wanted columns outside the list,
+    and the list."""
+    outer = [c for c in columns if c not in fields]
+    return frame.with_row_index(record).select(record, *outer, source.explode)
+
+
+def _exploded(
+    lists: pl.DataFrame, source: Source, columns: list[str], fields: list[str], record: str
+) -> ReadTable:
+    """The records of :func:`_list_records` (all, or a chunk), one row per list element;
+    records with an empty or null list left out and counted."""
+    name = source.explode
     length = lists[name].list.len().fill_null(0)
     # Filtered before exploding: polars versions differ on what an empty list explodes to.
     exploded = lists.filter(length > 0).explode(name)
     if fields != [name]:
         exploded = exploded.unnest(name)
     table = exploded.select(record, *columns)
-    if table.height == 0:
-        raise DataError(
-            f"{source.path}: every {name!r} list is empty (key '{source.key('explode')}')"
-        )
     empty = int((length == 0).sum())
     return ReadTable(table.drop(record), source, table[record].to_numpy(), empty)
+
+
+def _every_list_empty(source: Source) -> DataError:
+    name = source.explode
+    return DataError(f"{source.path}: every {name!r} list is empty (key '{source.key('explode')}')")
 
 
 def locate(source: Source | Path, row: int) -> str:

@@ -45,6 +45,7 @@ left out (an empty list to explode) are counted in ``RawTables.dropped``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -256,42 +257,53 @@ def _load(mapping: dict[str, Any], mapping_path: Path, files: list[Path]) -> Raw
 
 def load_logs_chunks(mapping_yaml: str, rows: int) -> tuple[RawTables, Iterator[pl.DataFrame]]:
     """The tables' description (the items, no events) and the events file's events
-    ``rows`` rows at a time (``data.chunk_rows``), in file order, never held whole.
+    ``rows`` rows at a time (``data.chunk_rows``; with ``events.explode``, ``rows`` records
+    of the file), in file order, never held whole.
 
     Each chunk is converted and checked as the whole file is (messages name the file's
-    line); the items come from the items file, or without an ``items`` section are the
-    distinct event items (one streaming pass over the item column). Item metadata read
-    from the events file (needing all its rows per item) and ``events.explode`` are read
-    whole: refused here with the key to change.
+    line); the items come from the items file, else from one streaming pass over the events
+    file's item columns (the item metadata the mapping reads from the events, each chunk's
+    distinct rows kept; or, without an ``items`` section, the distinct event items). So the
+    tables are those :func:`load_logs` reads. Records left out for an empty list
+    (``events.explode``) are added to the description's ``dropped`` as the chunks are read.
     """
     mapping_path = Path(mapping_yaml)
     mapping = parse_mapping(mapping_text(mapping_path), mapping_path)
     plan = _plan(mapping, mapping_path, _data_files(mapping, mapping_path))
     ev = plan.ev
-    why = None
-    if plan.item_from_events:
-        why = "item metadata read from the events file needs all of its rows (give 'items.path')"
-    elif ev.get("explode") is not None:
-        why = "key 'events.explode' reads the file whole"
-    if why:
-        raise DataError(
-            f"{mapping_path}: config key 'data.chunk_rows' reads the events file in chunks, "
-            f"but {why}; or set data.chunk_rows=0"
-        )
     dropped: dict[str, int] = {}
     if plan.items_source is not None:
         items = _items_file(plan, dropped)
+    elif plan.item_from_events:
+        items = _event_item_metadata(plan)
     else:
         items = _distinct_event_items(plan)
-    chunks = read_column_chunks(plan.events_source, plan.wanted, _id_columns(plan), rows)
+    event_wanted = list(plan.event_sources.values()) + [(e.key, e.column) for e in plan.event_extra]
+    chunks = read_column_chunks(plan.events_source, event_wanted, _id_columns(plan), rows)
     first = next(chunks)  # converted now: the events' columns decide the default intents
     first_events = _events_table(first, plan.event_sources, ev, plan.event_extra)
     tables = _tables(plan, first_events.head(0), items, dropped)
+    empty_key = f"empty_{ev.get('explode')}_lists"
 
     def events() -> Iterator[pl.DataFrame]:
-        yield first_events
-        for table in chunks:
-            yield _events_table(table, plan.event_sources, ev, plan.event_extra)
+        empty = 0
+        for table in itertools.chain([first], chunks):
+            if table.empty_lists:
+                empty += table.empty_lists
+                dropped[empty_key] = empty  # the count so far: whole once the file is read
+            if table.frame.height:
+                yield (
+                    first_events
+                    if table is first
+                    else _events_table(table, plan.event_sources, ev, plan.event_extra)
+                )
+        if empty:
+            log.info(
+                "%s: left out %d records whose %r list is empty (events.explode)",
+                plan.events_source.path,
+                empty,
+                ev["explode"],
+            )
 
     log.info("%s: reading events %d rows at a time, %d items", tables.source, rows, items.height)
     return tables, events()
@@ -310,6 +322,21 @@ def _items_file(plan: _Plan, dropped: dict[str, int]) -> pl.DataFrame:
     if item_table.empty_lists:
         dropped[f"empty_{plan.it['explode']}_lists_of_items"] = item_table.empty_lists
     return _items_table(item_table, item_sources, plan.it, plan.item_extra)
+
+
+def _event_item_metadata(plan: _Plan) -> pl.DataFrame:
+    """The items table of the item columns read from the events file, in one streaming
+    pass: each chunk converted and checked (messages name the file's line), its distinct
+    rows kept, then one row per item (first-seen order) as :func:`load_logs` finds it."""
+    item_sources = {**plan.item_sources, "item_id": ("events.item", plan.ev["item"])}
+    wanted = list(item_sources.values()) + [(e.key, e.column) for e in plan.item_extra]
+    scanned = read_column_chunks(plan.events_source, wanted, _id_columns(plan), rows=1 << 20)
+    seen = [
+        _items_table(table, item_sources, plan.it, plan.item_extra).unique(maintain_order=True)
+        for table in scanned
+        if table.frame.height
+    ]
+    return _one_row_per_item(pl.concat(seen), plan.events_source.path)
 
 
 def _distinct_event_items(plan: _Plan) -> pl.DataFrame:
@@ -441,13 +468,18 @@ def _is_label_list(dtype: pl.DataType) -> bool:
 
 def _category(table: ReadTable, column: str, key: str | None = None) -> pl.Expr:
     """Category labels as text: integer ids become their digits (never numbers), integral
-    floats (integers read with gaps) too; booleans "true"/"false"."""
+    floats (integers read with gaps) too; booleans "true"/"false".
+
+    Floats are labelled value by value (3.0 -> "3", 2.5 -> "2.5"), so a label never depends
+    on the other rows read with it: a file read in chunks labels as the whole file does.
+    """
     dtype = table.frame.schema[column]
     source = pl.col(column)
     if dtype.is_float():
-        integral = table.frame.select((source.drop_nulls() == source.drop_nulls().floor()).all())
-        if integral.item():
-            return source.cast(pl.Int64).cast(pl.Utf8)
+        # Only values an Int64 holds exactly are integral (|x| < 2**53; inf and NaN not).
+        integral = (source == source.floor()) & (source.abs() < 2.0**53)
+        digits = pl.when(integral).then(source).otherwise(None).cast(pl.Int64).cast(pl.Utf8)
+        return pl.when(integral).then(digits).otherwise(source.cast(pl.Utf8))
     if isinstance(dtype, pl.List | pl.Struct | pl.Array):
         raise DataError(
             f"{table.path}: column {column!r}"
@@ -529,13 +561,14 @@ def _epoch_seconds(
     if failed.any():
         row = int(failed.arg_true()[0])
         raise DataError(
-            f"{path}: column {column!r}: {failed.sum()} timestamps cannot be parsed as "
-            f"'{unit}' (e.g. {frame[column][row]!r}); the first on {table.where(row)}"
+            f"{path}: column {column!r}: {failed.sum()} timestamps{table.in_chunk()} cannot be "
+            f"parsed as '{unit}' (e.g. {frame[column][row]!r}); the first on {table.where(row)}"
         )
     if not nullable and not result["_given"].all():
         row = int((~result["_given"]).arg_true()[0])
         raise DataError(
-            f"{path}: column {column!r}: {(~result['_given']).sum()} timestamps are missing "
+            f"{path}: column {column!r}: {(~result['_given']).sum()} timestamps{table.in_chunk()} are "
+            "missing "
             f"(the first on {table.where(row)})"
         )
     if numbers is not None:
@@ -606,7 +639,8 @@ def _number(table: ReadTable, column: str, key: str | None = None) -> pl.Expr:
     if failed.any():
         row = int(failed.arg_true()[0])
         raise DataError(
-            f"{path}: column {column!r}{named}: {failed.sum()} values are not numbers "
+            f"{path}: column {column!r}{named}: {failed.sum()} values{table.in_chunk()} are not "
+            "numbers "
             f"(e.g. {frame[column][row]!r}); the first on {table.where(row)}"
         )
     return parsed
@@ -623,7 +657,7 @@ def _check_ids(table: ReadTable, column: str, key: str) -> None:
         row = int(missing.arg_true()[0])
         raise DataError(
             f"{table.path}: column {column!r} (mapping key '{key}'): {missing.sum()} ids are "
-            f"missing or empty (of {frame.height} rows; the first on {table.where(row)})"
+            f"missing or empty (of {table.rows()}; the first on {table.where(row)})"
         )
 
 
