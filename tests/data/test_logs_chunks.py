@@ -39,17 +39,25 @@ def test_example_in_chunks_is_the_cache_of_the_whole_file(tmp_path: Path, rows: 
 
 def _own_log(folder: Path, fmt: str) -> Path:
     """The example's events as ``fmt`` (no items section: the items are the events')."""
-    folder.mkdir(parents=True, exist_ok=True)
     events = pl.read_csv(REPO_ROOT / "datasets" / "logs_example" / "events.csv")
+    return _log(folder, events, fmt, "  duration: dwell_s\n")
+
+
+def _log(folder: Path, events: pl.DataFrame, fmt: str, more: str) -> Path:
+    """``events`` written as events.``fmt`` (parquet in row groups of 40) with a mapping of
+    the example's event columns, then ``more`` mapping lines."""
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"events.{fmt}"
     if fmt == "parquet":
-        events.write_parquet(path, row_group_size=50)
+        events.write_parquet(path, row_group_size=40)
+    elif fmt == "csv":
+        events.write_csv(path)
     else:
         events.write_ndjson(path)
     mapping = folder / "mapping.yaml"
     mapping.write_text(
         f"events:\n  path: {path.name}\n  user: customer_id\n  item: product_id\n"
-        "  time: event_time\n  time_unit: iso\n  action_type: event_type\n  duration: dwell_s\n"
+        "  time: event_time\n  time_unit: iso\n  action_type: event_type\n" + more
     )
     return mapping
 
@@ -100,28 +108,21 @@ def _log_with_item_columns(folder: Path, fmt: str) -> Path:
     """The example's events joined with its products: each event carries its item's
     metadata, read from the events file (no items file). ``grade`` is a float category
     whose values are integral on some items only (a chunk may hold only integral ones)."""
-    folder.mkdir(parents=True, exist_ok=True)
     data = REPO_ROOT / "datasets" / "logs_example"
     products = pl.read_csv(data / "products.csv").with_columns(
         grade=pl.when(pl.col("price") > 50).then(pl.col("price").round(0)).otherwise(2.5)
     )
     joined = pl.read_csv(data / "events.csv").join(products, on="product_id", how="left")
-    path = folder / f"events.{fmt}"
-    if fmt == "parquet":
-        joined.write_parquet(path, row_group_size=40)
-    else:
-        joined.write_csv(path)
-    mapping = folder / "mapping.yaml"
-    mapping.write_text(
-        f"events:\n  path: {path.name}\n  user: customer_id\n  item: product_id\n"
-        "  time: event_time\n  time_unit: iso\n  action_type: event_type\n"
+    return _log(
+        folder,
+        joined,
+        fmt,
         "  duration: dwell_s\n  extra: [device]\n"
         "items:\n  release: launched\n  release_unit: iso\n"
         "  extra: [{column: category_id, type: categorical}, {column: tags, type: multi, "
         "sep: '|'}, price, brand, {column: grade, type: categorical}]\n"
-        "intents: [action_type, category_id, grade, release_bucket]\n"
+        "intents: [action_type, category_id, grade, release_bucket]\n",
     )
-    return mapping
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
