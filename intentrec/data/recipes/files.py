@@ -132,7 +132,8 @@ class ReadTable:
         return f"the {self.frame.height} rows of its chunk (data.chunk_rows)"
 
     def in_chunk(self) -> str:
-        """ "" for the whole file, else " in the N rows of its chunk (data.chunk_rows)"."""
+        """Nothing for the whole file; for a chunk, " in the N rows of its chunk
+        (data.chunk_rows)", to follow a count in a message."""
         return f" in {self.rows()}" if self.chunk else ""
 
     def where(self, row: int) -> str:

@@ -151,11 +151,27 @@ class _Plan:
     events_source: Source
     items_source: Source | None
     item_from_events: bool  # item metadata columns read from the events file
-    wanted: list[tuple[str, str]]  # (mapping key, column) of the events file
 
     @property
     def ev(self) -> dict[str, Any]:
         return self.mapping["events"]
+
+    @property
+    def event_columns(self) -> list[tuple[str, str]]:
+        """(mapping key, column) of the events' own columns in the events file."""
+        return list(self.event_sources.values()) + [(e.key, e.column) for e in self.event_extra]
+
+    @property
+    def event_item_sources(self) -> dict[str, tuple[str, str]]:
+        """The item sources with the item id of the events file (metadata read from it)."""
+        return {**self.item_sources, "item_id": ("events.item", self.ev["item"])}
+
+    @property
+    def wanted(self) -> list[tuple[str, str]]:
+        """(mapping key, column) of everything read from the events file whole."""
+        if not self.item_from_events:
+            return self.event_columns
+        return self.event_columns + _item_columns(self.event_item_sources, self)[1:]
 
     @property
     def it(self) -> dict[str, Any] | None:
@@ -206,13 +222,10 @@ def _plan(mapping: dict[str, Any], mapping_path: Path, files: list[Path]) -> _Pl
         )
 
     # Without an items file, item metadata columns are read from the events file.
-    item_from_events = items_source is None and it is not None
-    wanted = list(event_sources.values()) + [(e.key, e.column) for e in event_extra]
-    if item_from_events:
-        wanted += [v for k, v in item_sources.items() if k != "item_id"]
-        wanted += [(e.key, e.column) for e in item_extra]
-    item_from_events = item_from_events and (
-        len(item_sources) > ("item_id" in item_sources) or bool(item_extra)
+    item_from_events = (
+        items_source is None
+        and it is not None
+        and (len(item_sources) > ("item_id" in item_sources) or bool(item_extra))
     )
     return _Plan(
         mapping,
@@ -224,7 +237,6 @@ def _plan(mapping: dict[str, Any], mapping_path: Path, files: list[Path]) -> _Pl
         events_source,
         items_source,
         item_from_events,
-        wanted,
     )
 
 
@@ -245,8 +257,7 @@ def _load(mapping: dict[str, Any], mapping_path: Path, files: list[Path]) -> Raw
     if plan.items_source is not None:
         items = _items_file(plan, dropped)
     elif plan.item_from_events:
-        item_sources = {**plan.item_sources, "item_id": ("events.item", ev["item"])}
-        table = _items_table(event_table, item_sources, plan.it, plan.item_extra)
+        table = _items_table(event_table, plan.event_item_sources, plan.it, plan.item_extra)
         items = _one_row_per_item(table, plan.events_source.path)
     else:
         items = events.select("item_id").unique(maintain_order=True)
@@ -278,8 +289,7 @@ def load_logs_chunks(mapping_yaml: str, rows: int) -> tuple[RawTables, Iterator[
         items = _event_item_metadata(plan)
     else:
         items = _distinct_event_items(plan)
-    event_wanted = list(plan.event_sources.values()) + [(e.key, e.column) for e in plan.event_extra]
-    chunks = read_column_chunks(plan.events_source, event_wanted, _id_columns(plan), rows)
+    chunks = read_column_chunks(plan.events_source, plan.event_columns, _id_columns(plan), rows)
     first = next(chunks)  # converted now: the events' columns decide the default intents
     first_events = _events_table(first, plan.event_sources, ev, plan.event_extra)
     tables = _tables(plan, first_events.head(0), items, dropped)
@@ -317,19 +327,26 @@ def _items_file(plan: _Plan, dropped: dict[str, int]) -> pl.DataFrame:
     """The items table of the mapping's items file (its empty lists counted in dropped)."""
     item_sources = {**plan.item_sources}
     item_sources.setdefault("item_id", ("items.item", plan.ev["item"]))
-    wanted = list(item_sources.values()) + [(e.key, e.column) for e in plan.item_extra]
+    wanted = _item_columns(item_sources, plan)
     item_table = read_columns(plan.items_source, wanted, text_columns=[item_sources["item_id"][1]])
     if item_table.empty_lists:
         dropped[f"empty_{plan.it['explode']}_lists_of_items"] = item_table.empty_lists
     return _items_table(item_table, item_sources, plan.it, plan.item_extra)
 
 
+def _item_columns(item_sources: dict[str, tuple[str, str]], plan: _Plan) -> list[tuple[str, str]]:
+    """(mapping key, column) of the item columns: the item id first, then the metadata."""
+    ids = [item_sources["item_id"]]
+    rest = [v for k, v in item_sources.items() if k != "item_id"]
+    return ids + rest + [(e.key, e.column) for e in plan.item_extra]
+
+
 def _event_item_metadata(plan: _Plan) -> pl.DataFrame:
     """The items table of the item columns read from the events file, in one streaming
     pass: each chunk converted and checked (messages name the file's line), its distinct
     rows kept, then one row per item (first-seen order) as :func:`load_logs` finds it."""
-    item_sources = {**plan.item_sources, "item_id": ("events.item", plan.ev["item"])}
-    wanted = list(item_sources.values()) + [(e.key, e.column) for e in plan.item_extra]
+    item_sources = plan.event_item_sources
+    wanted = _item_columns(item_sources, plan)
     scanned = read_column_chunks(plan.events_source, wanted, _id_columns(plan), rows=1 << 20)
     seen = [
         _items_table(table, item_sources, plan.it, plan.item_extra).unique(maintain_order=True)
@@ -561,15 +578,14 @@ def _epoch_seconds(
     if failed.any():
         row = int(failed.arg_true()[0])
         raise DataError(
-            f"{path}: column {column!r}: {failed.sum()} timestamps{table.in_chunk()} cannot be "
-            f"parsed as '{unit}' (e.g. {frame[column][row]!r}); the first on {table.where(row)}"
+            f"{path}: column {column!r}: {failed.sum()} timestamps{table.in_chunk()} "
+            f"cannot be parsed as '{unit}' (e.g. {frame[column][row]!r}); the first on {table.where(row)}"
         )
     if not nullable and not result["_given"].all():
         row = int((~result["_given"]).arg_true()[0])
         raise DataError(
-            f"{path}: column {column!r}: {(~result['_given']).sum()} timestamps{table.in_chunk()} are "
-            "missing "
-            f"(the first on {table.where(row)})"
+            f"{path}: column {column!r}: {(~result['_given']).sum()} "
+            f"timestamps{table.in_chunk()} are missing (the first on {table.where(row)})"
         )
     if numbers is not None:
         raw = frame.select(numbers.median()).item()
@@ -639,9 +655,9 @@ def _number(table: ReadTable, column: str, key: str | None = None) -> pl.Expr:
     if failed.any():
         row = int(failed.arg_true()[0])
         raise DataError(
-            f"{path}: column {column!r}{named}: {failed.sum()} values{table.in_chunk()} are not "
-            "numbers "
-            f"(e.g. {frame[column][row]!r}); the first on {table.where(row)}"
+            f"{path}: column {column!r}{named}: {failed.sum()} "
+            f"values{table.in_chunk()} are not numbers (e.g. {frame[column][row]!r}); the first "
+            f"on {table.where(row)}"
         )
     return parsed
 
