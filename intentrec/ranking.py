@@ -19,18 +19,20 @@ computes too, up to the order of its float64 additions (BLAS picks it).
 for a non-decreasing ``g``, the smallest float32 where ``g`` reaches the target's score, found
 by bisection over the float32 values, so saturated ties such as ``tanh -> 1.0`` count). One
 float32 GEMM per block gives ``D = kappa * (h . w + b - z)``, each row scaled so that a
-proven bound on its float32 error is 1/2 (the bound ``(d + 4) * u * (|h| * max|w| + max|b| +
+proven bound on its float32 error is 1/4 (the bound ``(d + 4) * u * (|h| * max|w| + max|b| +
 |z|)`` holds for any summation order, FMA or not, u = 2**-24; see :func:`_error_bound`).
-Where ``|D| > 1`` the sign of ``D`` is certainly the sign of the score of record against
-``z``: those items are counted from ``sign(D)`` summed over cells of ``CELL`` items. Cells
-that hold any ``|D| <= 1`` (the target itself, exact ties, near-ties) are re-done: their
-items with ``|D| <= 1`` are decided by the score of record in float64. So the rank is the
+Where ``|D| >= 1/2`` the sign of ``D`` is certainly the sign of the score of record against
+``z``, with a factor 2 to spare: those items are counted from ``round(clamp(D, -1, 1))``
+(+1 or -1) summed over cells of ``CELL`` items. Cells that hold any item rounding to 0 (the
+target itself, exact ties, near-ties) are re-done: those items are decided by the score of
+record in float64. So the rank is the
 rank of the score of record, whatever the block sizes, the batch, the BLAS kernel or the
 device: the float32 pass only decides what it can prove.
 
-Cost: the GEMM plus about three cache-resident passes over its output on CPU; the re-done
-items are a few per row for random embeddings at 50k items (fewer for trained models, whose
-targets score in the sparse top of the distribution). Massive exact ties (e.g. all scores
+Cost: the GEMM plus five in-place or reducing passes over its output on CPU (about a
+quarter of the GEMM's time at d = 64); the re-done items are a few per row for random
+embeddings at 50k items (fewer for trained models, whose targets score in the sparse top
+of the distribution). Massive exact ties (e.g. all scores
 equal) are all re-done in float64: correct, and slower in proportion.
 """
 
@@ -43,11 +45,13 @@ from torch import Tensor
 
 # Items per cell: the unit whose near-ties are re-done (small: few items re-done per near-tie).
 CELL = 256
-# Block sizes: on CPU small enough that a block's float32 scores stay in cache (the passes
-# over them cost less than the GEMM); on CUDA as large as eval.chunk_size allows (fewer
-# kernel launches). The result does not depend on them.
+# Block sizes: on CPU 256 rows x 2048 items (2 MiB). Of 128-1024 rows x 1024-8192 items,
+# measured at 50k items, 1024-4096 items were within noise of each other (larger blocks:
+# fewer per-block operations; smaller: the passes stay in the core's own L2 cache). On
+# CUDA as large as eval.chunk_size allows (fewer kernel launches). The result does not
+# depend on them.
 CPU_BLOCK_ROWS = 256
-CPU_BLOCK_ITEMS = 4 * CELL
+CPU_BLOCK_ITEMS = 8 * CELL
 # Pairs scored in float64 at once (memory of the re-done items stays bounded).
 PAIRS_PER_STEP = 1 << 16
 # Probe points for the sanity check of score_fn (non-decreasing, no NaN on finite input).
@@ -227,7 +231,8 @@ def float32_target_ranks(
     with _full_float32_matmul(cuda):
         unit = matmul_unit_roundoff(device)
         z_finite = torch.where(every_item, torch.zeros_like(z), z).double()  # [N]
-        kappa = 1.0 / _error_bound(hidden, weight, bias, z_finite, unit, item_norm)  # [N]
+        # _error_bound is twice a bound: the scaled error is <= 1/4.
+        kappa = 0.5 / _error_bound(hidden, weight, bias, z_finite, unit, item_norm)  # [N]
         # Rows [kappa h, -kappa z, kappa] against items [w, 1, b]: D = kappa (h.w - z + b).
         columns = [hidden.double() * kappa[:, None], (-kappa * z_finite)[:, None]]
         if bias is not None:
@@ -288,58 +293,78 @@ def _count_certain(
 
     rows32 [N, K] scaled rows (K = d + 1, + 1 with a bias); weight [V, d], bias [V] | None.
     Returns Long [N] twice the counts, and Long [P] row and item-index (id - 1) tensors of
-    the undecided pairs (|D| < 1).
+    the undecided pairs (D rounds to 0).
 
-    Per block the count is the sum of sign(D) (+1 for each item): exact for every cell
-    without an undecided item. The cells that have one (min |D| < 1) are copied out while
-    the block is in cache and settled at the end: their sign sum is replaced by twice their
-    count of D >= 1, and their items with |D| < 1 are returned.
+    A block is [items, rows] = [w, 1, b] @ rows.T, both operands row-major (on CPU a
+    transposed operand cost ~20% more per GEMM; copying an item block into the [items, K]
+    buffer is a row copy, a few % of it). In place, D becomes round(clamp(D, -1, 1)): +1 or
+    -1 where |D| > 1/2 (its sign is certain; a tie at 1/2 may go either way, also certain),
+    0 where it is undecided. (trunc would need no rescaling but is not vectorised on CPU:
+    40x slower than round.) A cell's sum is then #above - #below and, after an in-place
+    abs, its smallest value is 0 iff it holds an undecided item; both are exact. Each block
+    writes them into two tables ordered block by block, so the cells they mark come in the
+    order the blocks copied them out (while in cache; their 0/1 values say which items are
+    undecided). The rest is done once, at the end, on the tables: per block there are only
+    the GEMM and five in-place or reducing passes (on CPU a dozen small per-block
+    operations cost as much as a pass). The tables hold 2 float32 and a bool per row and
+    cell: about 1/110 of a float32 score matrix.
     """
     n, k = rows32.shape
     d = weight.shape[1]
     num_items = weight.shape[0] - 1
     device = rows32.device
     block_rows, block_items = _block_sizes(n, num_items, chunk_size, cuda)
-    # Sums of signs are integers <= V: exact in float64 (and per block in float32).
-    sign_total = torch.zeros(n, dtype=torch.float64, device=device)
+    cells_per_block = block_items // CELL
+    item_blocks = -(-num_items // block_items)
+    row_blocks = -(-n // block_rows)
+    # Per (item block, row block), cell and row: the cell's sum and smallest |value|.
+    # Padding (past the last item or row) is a decided cell that counts 0.
+    shape = (item_blocks * row_blocks, cells_per_block, block_rows)
+    sums = torch.full(shape, -float(CELL), device=device)
+    nearest = torch.full(shape, 1.0, device=device)
+    undecided = torch.zeros(shape, dtype=torch.bool, device=device)
+    # Each row block's rows as columns [K, R], contiguous for the GEMM.
+    rows_t = [rows32[r0 : r0 + block_rows].T.contiguous() for r0 in range(0, n, block_rows)]
     picked: list[Tensor] = []
-    picked_at: list[Tensor] = []
-    work: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}  # reused: no page faults
-    item_buffers: dict[int, Tensor] = {}
-    for item0 in range(0, num_items, block_items):
+    blocks: dict[tuple[int, int], Tensor] = {}  # reused: no page faults
+    items = torch.zeros(block_items, k, device=device)  # [w, 1, b]; padding rows stay zero
+    items[:, d] = 1.0
+    for ib in range(item_blocks):
+        item0 = ib * block_items
         c = min(block_items, num_items - item0)
         width = -(-c // CELL) * CELL  # padded to whole cells
-        if width not in item_buffers:  # items [w, 1, b]; padding rows stay zero
-            item_buffers[width] = torch.zeros(width, k, device=device)
-            item_buffers[width][:, d] = 1.0
-        items = item_buffers[width]  # [C, K]
+        nc = width // CELL
         items[:c, :d] = weight[1 + item0 : 1 + item0 + c]
         if bias is not None:
             items[:c, d + 1] = bias[1 + item0 : 1 + item0 + c]
-        for row0 in range(0, n, block_rows):
-            rows = rows32[row0 : row0 + block_rows]  # [R, K]
-            r = rows.shape[0]
-            if (r, width) not in work:
-                buffer = torch.empty(r, width, device=device)
-                work[(r, width)] = (buffer, torch.empty_like(buffer))
-            block, scratch = work[(r, width)]
-            torch.mm(rows, items.T, out=block)  # [R, C]: D
+        for rb, rows in enumerate(rows_t):
+            r = rows.shape[1]
+            if (width, r) not in blocks:
+                blocks[(width, r)] = torch.empty(width, r, device=device)
+            block = blocks[(width, r)]
+            torch.mm(items[:width], rows, out=block)  # [C, R]: D
             if width > c:
-                block[:, c:] = float("-inf")  # padding: certainly below, never undecided
-            sign_total[row0 : row0 + r] += torch.sign(block, out=scratch).sum(1)
-            cells = block.view(r, width // CELL, CELL)  # [R, nc, CELL]
-            nearest = torch.abs(block, out=scratch).view_as(cells).amin(2)  # [R, nc]
-            where = (nearest < 1.0).nonzero()  # [F, 2] cells holding an undecided item
-            picked.append(cells[where[:, 0], where[:, 1]])  # [F, CELL]
-            where[:, 0] += row0
-            where[:, 1] *= CELL
-            where[:, 1] += item0
-            picked_at.append(where)  # [F, 2]: row, index of the cell's first item
-        sign_total += width - c  # the padding's -1s back to 0
-    twice = (sign_total + num_items).long()  # [N]
+                block[c:] = -1.0  # padding: certainly below, never undecided
+            block.clamp_(-1.0, 1.0).round_()  # -1, 0 (undecided) or 1
+            cells = block.view(nc, CELL, r)  # [nc, CELL, R]
+            segment = ib * row_blocks + rb
+            cell_sum, cell_min, marked = sums[segment], nearest[segment], undecided[segment]
+            if nc < cells_per_block or r < block_rows:
+                cell_sum, cell_min, marked = (x[:nc, :r] for x in (cell_sum, cell_min, marked))
+            torch.sum(cells, 1, out=cell_sum)
+            torch.amin(block.abs_().view_as(cells), 1, out=cell_min)
+            torch.eq(cell_min, 0.0, out=marked)
+            picked.append(cells.permute(0, 2, 1)[marked])  # [F, CELL] in (cell, row) order
+    # A cell counts twice its items above (= its sum + its decided items): CELL decided
+    # items in an unmarked cell, those at 1 in a marked one (after the abs).
+    where = undecided.nonzero()  # [F, 3]: segment, cell, row; as picked
+    marked_sums = sums[undecided]  # [F]
+    twice = sums.add_(CELL).masked_fill_(undecided, 0.0)
+    twice = twice.view(item_blocks, row_blocks, -1, block_rows).sum((0, 2), dtype=torch.float64)
+    counts = twice.view(-1)[:n].long()  # [N]: exact (integers far below 2**53)
+    first_item = (where[:, 0] // row_blocks) * block_items + where[:, 1] * CELL  # [F]
+    row = (where[:, 0] % row_blocks) * block_rows + where[:, 2]  # [F]
     cells_d = torch.cat(picked)  # [F, CELL]
-    at = torch.cat(picked_at)  # [F, 2]
-    assumed = (cells_d.sign().sum(1) + CELL).long()  # [F]: what the sign sum counted
-    twice.index_add_(0, at[:, 0], 2 * (cells_d >= 1.0).sum(1) - assumed)
-    inner = (cells_d.abs() < 1.0).nonzero()  # [P, 2]
-    return twice, at[inner[:, 0], 0], at[inner[:, 0], 1] + inner[:, 1]
+    counts.index_add_(0, row, (marked_sums + cells_d.sum(1)).long())
+    inner = (cells_d == 0.0).nonzero()  # [P, 2]
+    return counts, row[inner[:, 0]], first_item[inner[:, 0]] + inner[:, 1]

@@ -213,9 +213,11 @@ def test_quick_run_values_are_sane(quick_run) -> None:
         assert reference["value"] == pytest.approx(
             13 * 512 * reference["params"]["chunk"] / 2**20, rel=1e-4
         )
-        assert by_name[f"eval/{cat}/mem_bound"]["value"] == pytest.approx(
-            8 * 256 * 1024 / 2**20, rel=1e-4
-        )
+        fast = by_name[f"eval/{cat}/mem_bound"]
+        rows, items = fast["params"]["block"]
+        assert (rows, items) == (256, min(2048, -(-(fast["params"]["catalogue"] - 1) // 256) * 256))
+        tables = 9 * 512 * -(-(fast["params"]["catalogue"] - 1) // 256)
+        assert fast["value"] == pytest.approx((4 * rows * items + tables) / 2**20, rel=1e-4)
         assert by_name[f"eval/{cat}/rank_differences"]["value"] == 0
         assert by_name[f"eval/{cat}/float32_vs_float64"]["value"] > 0
     # Loss: the analytic logit blocks; chunked and plain agree to float32 rounding; the

@@ -219,6 +219,23 @@ def test_float32_near_ties_and_duplicates_across_chunks() -> None:
         assert torch.equal(target_ranks(hidden, weight, bias, targets, chunk_size=chunk), reference)
 
 
+@pytest.mark.parametrize("block", [(7, 256), (64, 512), (256, 1024), (1000, 4096)])
+def test_float32_ranks_do_not_depend_on_the_cpu_block_shape(monkeypatch, block) -> None:
+    """Partial row and item blocks, marked cells in many blocks (copies of the target in
+    every block), with and without bias: the same ranks as float64 for any block shape."""
+    import intentrec.ranking as ranking
+
+    monkeypatch.setattr(ranking, "CPU_BLOCK_ROWS", block[0])
+    monkeypatch.setattr(ranking, "CPU_BLOCK_ITEMS", block[1])
+    hidden, weight, bias, targets = _random_problem(90, 5001, d=24, seed=16)
+    for row in range(0, 90, 4):  # exact ties of the target, one per 600 items
+        weight[range(1 + row % 7, 5001, 600)] = weight[targets[row]].clone()
+        bias[range(1 + row % 7, 5001, 600)] = bias[targets[row]].clone()
+    for b in (bias, None):
+        reference = target_ranks(hidden, weight, b, targets, 65_536, score_dtype="float64")
+        assert torch.equal(target_ranks(hidden, weight, b, targets, 65_536), reference)
+
+
 @pytest.mark.parametrize(
     "score_fn",
     [
