@@ -385,3 +385,14 @@ def test_gpu_script_runs_every_section_on_cpu(tmp_path: Path) -> None:
     assert "mfu: skipped (needs --device cuda)" in (out / "notes.txt").read_text()
     md = (out / "results.md").read_text()
     assert "## loss" in md and "| loss/20k/full_chunked/ms_per_step |" in md
+
+
+def test_ranking_ab_compares_two_revisions_in_one_process(capsys) -> None:
+    from benchmarks import ranking_ab
+
+    ranking_ab.main(["WORKTREE", "WORKTREE", "--pairs", "4", "--items", "3000", "--per-call", "64"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("before first: median ") and out[1].startswith("after first: ")
+    assert out[2].startswith("WORKTREE: fastest call ") and out[2].endswith(" targets/s")
+    speedup = float(out[4].split(": ")[1].split("x")[0])
+    assert 0.2 < speedup < 5  # the same code against itself: about 1, whatever the load
