@@ -181,6 +181,10 @@ class FilePartitions(PartitionSource):
 
 
 _ROW = "_input_row"  # the global input row of each event in a partition file
+# Partition files are temporary and read by each of the three passes: lz4 against polars'
+# default zstd, for 1.5M synthetic events, wrote in 0.27 s instead of 0.42 s and read in
+# 0.06 s instead of 0.11 s, for 21 MB instead of 13 MB (uncompressed: 0.19 s, 0.04 s, 36 MB).
+PARTITION_COMPRESSION = "lz4"
 
 
 def scatter(chunks: Iterable[pl.DataFrame], count: int, folder: Path) -> int:
@@ -195,7 +199,9 @@ def scatter(chunks: Iterable[pl.DataFrame], count: int, folder: Path) -> int:
         for (p,), events in frame.partition_by("_partition", as_dict=True).items():
             target = folder / f"p{int(p):05d}"
             target.mkdir(parents=True, exist_ok=True)
-            events.drop("_partition").write_parquet(target / f"{k:07d}.parquet")
+            events.drop("_partition").write_parquet(
+                target / f"{k:07d}.parquet", compression=PARTITION_COMPRESSION
+            )
         rows += chunk.height
     return rows
 
