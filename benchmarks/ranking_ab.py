@@ -25,8 +25,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-D = 64
-CHUNK = 65_536
+from benchmarks.eval_bench import CHUNK, D
 
 
 def load_revision(revision: str, folder: Path) -> ModuleType:
@@ -34,12 +33,12 @@ def load_revision(revision: str, folder: Path) -> ModuleType:
     if revision == "WORKTREE":
         source = (Path(__file__).resolve().parents[1] / "intentrec" / "ranking.py").read_text()
     else:
-        source = subprocess.run(
-            ["git", "show", f"{revision}:intentrec/ranking.py"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        shown = subprocess.run(
+            ["git", "show", f"{revision}:intentrec/ranking.py"], capture_output=True, text=True
+        )
+        if shown.returncode:
+            sys.exit(f"ranking_ab: no intentrec/ranking.py at revision {revision!r}")
+        source = shown.stdout
     name = f"ranking_at_{len(list(folder.iterdir()))}"
     path = folder / f"{name}.py"
     path.write_text(source)

@@ -396,3 +396,10 @@ def test_ranking_ab_compares_two_revisions_in_one_process(capsys) -> None:
     assert out[2].startswith("WORKTREE: fastest call ") and out[2].endswith(" targets/s")
     speedup = float(out[4].split(": ")[1].split("x")[0])
     assert 0.2 < speedup < 5  # the same code against itself: about 1, whatever the load
+
+
+def test_ranking_ab_names_a_revision_it_cannot_read() -> None:
+    from benchmarks import ranking_ab
+
+    with pytest.raises(SystemExit, match="no intentrec/ranking.py at revision 'no-such-rev'"):
+        ranking_ab.main(["no-such-rev", "WORKTREE", "--pairs", "1", "--items", "500"])
