@@ -19,18 +19,18 @@ computes too, up to the order of its float64 additions (BLAS picks it).
 for a non-decreasing ``g``, the smallest float32 where ``g`` reaches the target's score, found
 by bisection over the float32 values, so saturated ties such as ``tanh -> 1.0`` count). One
 float32 GEMM per block gives ``D = kappa * (h . w + b - z)``, each row scaled so that a
-proven bound on its float32 error is 1/4 (the bound ``(d + 4) * u * (|h| * max|w| + max|b| +
+proven bound on its float32 error is 1/2 (the bound ``(d + 4) * u * (|h| * max|w| + max|b| +
 |z|)`` holds for any summation order, FMA or not, u = 2**-24; see :func:`_error_bound`).
-Where ``|D| >= 1/2`` the sign of ``D`` is certainly the sign of the score of record against
-``z``, with a factor 2 to spare: those items are counted from ``round(clamp(D, -1, 1))``
-(+1 or -1) summed over cells of ``CELL`` items. Cells that hold any item rounding to 0 (the
+Where ``|D| >= 1`` the sign of ``D`` is certainly the sign of the score of record against
+``z``, with a factor 2 to spare: those items are ``clamp(D, -1, 1)`` = +1 or -1 exactly,
+summed over cells of ``CELL`` items. Cells that hold any item strictly inside (-1, 1) (the
 target itself, exact ties, near-ties) are re-done: those items are decided by the score of
 record in float64. So the rank is the
 rank of the score of record, whatever the block sizes, the batch, the BLAS kernel or the
 device: the float32 pass only decides what it can prove.
 
-Cost: the GEMM plus five in-place or reducing passes over its output on CPU (about a
-quarter of the GEMM's time at d = 64); the re-done items are a few per row for random
+Cost: the GEMM plus three in-place or reducing passes over its output on CPU (about a
+sixth of the GEMM's time at d = 64); the re-done items are a few per row for random
 embeddings at 50k items (fewer for trained models, whose targets score in the sparse top
 of the distribution). Massive exact ties (e.g. all scores
 equal) are all re-done in float64: correct, and slower in proportion.
@@ -231,8 +231,8 @@ def float32_target_ranks(
     with _full_float32_matmul(cuda):
         unit = matmul_unit_roundoff(device)
         z_finite = torch.where(every_item, torch.zeros_like(z), z).double()  # [N]
-        # _error_bound is twice a bound: the scaled error is <= 1/4.
-        kappa = 0.5 / _error_bound(hidden, weight, bias, z_finite, unit, item_norm)  # [N]
+        # _error_bound is twice a bound: the scaled error is <= 1/2.
+        kappa = 1.0 / _error_bound(hidden, weight, bias, z_finite, unit, item_norm)  # [N]
         # Rows [kappa h, -kappa z, kappa] against items [w, 1, b]: D = kappa (h.w - z + b).
         columns = [hidden.double() * kappa[:, None], (-kappa * z_finite)[:, None]]
         if bias is not None:
@@ -293,21 +293,23 @@ def _count_certain(
 
     rows32 [N, K] scaled rows (K = d + 1, + 1 with a bias); weight [V, d], bias [V] | None.
     Returns Long [N] twice the counts, and Long [P] row and item-index (id - 1) tensors of
-    the undecided pairs (D rounds to 0).
+    the undecided pairs (|D| < 1).
 
     A block is [items, rows] = [w, 1, b] @ rows.T, both operands row-major (on CPU a
     transposed operand cost ~20% more per GEMM; copying an item block into the [items, K]
-    buffer is a row copy, a few % of it). In place, D becomes round(clamp(D, -1, 1)): +1 or
-    -1 where |D| > 1/2 (its sign is certain; a tie at 1/2 may go either way, also certain),
-    0 where it is undecided. (trunc would need no rescaling but is not vectorised on CPU:
-    40x slower than round.) A cell's sum is then #above - #below and, after an in-place
-    abs, its smallest value is 0 iff it holds an undecided item; both are exact. Each block
-    writes them into two tables ordered block by block, so the cells they mark come in the
-    order the blocks copied them out (while in cache; their 0/1 values say which items are
-    undecided). The rest is done once, at the end, on the tables: per block there are only
-    the GEMM and five in-place or reducing passes (on CPU a dozen small per-block
-    operations cost as much as a pass). The tables hold 2 float32 and a bool per row and
-    cell: about 1/110 of a float32 score matrix.
+    buffer is a row copy, a few % of it). In place, D becomes clamp(D, -1, 1): exactly +1
+    or -1 where |D| >= 1 (its sign is certain: the scaled error is <= 1/2), strictly inside
+    (-1, 1) where it is undecided. A cell's product is then +1 or -1 iff every item in it
+    is decided (a product of floats of magnitude <= 1 that holds one below 1 stays below
+    1, in any order: rounding is monotone) and its sum is then #above - #below, exact. So
+    two reducing passes tell everything of a decided cell, with no pass to round D or take
+    its absolute value (each as long as the product). Each block writes sums and products
+    into tables ordered block by block, and copies out its marked cells (while in cache)
+    in the same order; their values say which items are undecided and which are above. The
+    rest is done once, at the end, on the tables: per block there are only the GEMM and
+    three in-place or reducing passes (on CPU a dozen small per-block operations cost as
+    much as a pass). The tables hold 2 float32 and a bool per row and cell: about 1/110 of
+    a float32 score matrix.
     """
     n, k = rows32.shape
     d = weight.shape[1]
@@ -317,11 +319,11 @@ def _count_certain(
     cells_per_block = block_items // CELL
     item_blocks = -(-num_items // block_items)
     row_blocks = -(-n // block_rows)
-    # Per (item block, row block), cell and row: the cell's sum and smallest |value|.
+    # Per (item block, row block), cell and row: the cell's sum and product.
     # Padding (past the last item or row) is a decided cell that counts 0.
     shape = (item_blocks * row_blocks, cells_per_block, block_rows)
     sums = torch.full(shape, -float(CELL), device=device)
-    nearest = torch.full(shape, 1.0, device=device)
+    products = torch.full(shape, 1.0, device=device)
     undecided = torch.zeros(shape, dtype=torch.bool, device=device)
     # Each row block's rows as columns [K, R], contiguous for the GEMM.
     rows_t = [rows32[r0 : r0 + block_rows].T.contiguous() for r0 in range(0, n, block_rows)]
@@ -345,26 +347,25 @@ def _count_certain(
             torch.mm(items[:width], rows, out=block)  # [C, R]: D
             if width > c:
                 block[c:] = -1.0  # padding: certainly below, never undecided
-            block.clamp_(-1.0, 1.0).round_()  # -1, 0 (undecided) or 1
+            block.clamp_(-1.0, 1.0)  # -1 or 1 (decided), else undecided
             cells = block.view(nc, CELL, r)  # [nc, CELL, R]
             segment = ib * row_blocks + rb
-            cell_sum, cell_min, marked = sums[segment], nearest[segment], undecided[segment]
+            cell_sum, cell_prod, marked = sums[segment], products[segment], undecided[segment]
             if nc < cells_per_block or r < block_rows:
-                cell_sum, cell_min, marked = (x[:nc, :r] for x in (cell_sum, cell_min, marked))
+                cell_sum, cell_prod, marked = (x[:nc, :r] for x in (cell_sum, cell_prod, marked))
             torch.sum(cells, 1, out=cell_sum)
-            torch.amin(block.abs_().view_as(cells), 1, out=cell_min)
-            torch.eq(cell_min, 0.0, out=marked)
+            torch.prod(cells, 1, out=cell_prod)
+            torch.lt(cell_prod.abs_(), 1.0, out=marked)
             picked.append(cells.permute(0, 2, 1)[marked])  # [F, CELL] in (cell, row) order
-    # A cell counts twice its items above (= its sum + its decided items): CELL decided
-    # items in an unmarked cell, those at 1 in a marked one (after the abs).
+    # An unmarked cell counts twice its items above as its sum + CELL; a marked one twice
+    # its items at exactly 1 (its decided items above).
     where = undecided.nonzero()  # [F, 3]: segment, cell, row; as picked
-    marked_sums = sums[undecided]  # [F]
     twice = sums.add_(CELL).masked_fill_(undecided, 0.0)
     twice = twice.view(item_blocks, row_blocks, -1, block_rows).sum((0, 2), dtype=torch.float64)
     counts = twice.view(-1)[:n].long()  # [N]: exact (integers far below 2**53)
     first_item = (where[:, 0] // row_blocks) * block_items + where[:, 1] * CELL  # [F]
     row = (where[:, 0] % row_blocks) * block_rows + where[:, 2]  # [F]
     cells_d = torch.cat(picked)  # [F, CELL]
-    counts.index_add_(0, row, (marked_sums + cells_d.sum(1)).long())
-    inner = (cells_d == 0.0).nonzero()  # [P, 2]
+    counts.index_add_(0, row, 2 * (cells_d == 1.0).sum(1))
+    inner = (cells_d.abs_() < 1.0).nonzero()  # [P, 2]
     return counts, row[inner[:, 0]], first_item[inner[:, 0]] + inner[:, 1]
