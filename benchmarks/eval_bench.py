@@ -13,7 +13,7 @@ Memory: ``float64`` holds about 13 bytes per (target, item) of a chunk (float64 
 scores and a comparison mask), so its bound is ``13 * per_call * min(chunk, V)`` bytes;
 ``float32`` holds one float32 block of ``rows x items`` (CPU: at most 256 x 2048, CUDA:
 ``per_call x chunk``), so ``4 * rows * items`` bytes, plus a block of item vectors and its
-cells' tables (9 bytes per target and 256 items). On CPU
+cells' tables (9 bytes per target and cell of 128 items). On CPU
 each (catalogue, dtype) runs in its own process and reports the peak RSS above the RSS it
 had before the first ranking call (weights and hidden states already allocated); on CUDA,
 ``torch.cuda.max_memory_allocated`` above what was allocated before.

@@ -101,8 +101,8 @@ def target_ranks(
         targets: Long [N] target item ids in ``1..V-1``.
         chunk_size: catalogue items scored per step (bounds memory: float32 about 4 bytes
             * N * chunk_size on GPU, at most a 2 MiB block on CPU, plus 9 bytes per target
-            and 256 items for the cells' tables; float64 about 13 bytes * N * chunk_size);
-            the result does not depend on it.
+            and cell of ``ranking.CELL`` = 128 items for the cells' tables; float64 about
+            13 bytes * N * chunk_size); the result does not depend on it.
         exclude: Long [N, K] item ids removed from row n's ranking (``filter_seen``);
             0 = none, duplicates allowed. The target itself is never removed: if it is
             listed it is still ranked (only the *other* items are ever counted).

@@ -44,14 +44,14 @@ import torch
 from torch import Tensor
 
 # Items per cell: the unit whose near-ties are re-done (small: few items re-done per near-tie).
-CELL = 256
+CELL = 128
 # Block sizes: on CPU 256 rows x 2048 items (2 MiB). Of 128-1024 rows x 1024-8192 items,
 # measured at 50k items, 1024-4096 items were within noise of each other (larger blocks:
 # fewer per-block operations; smaller: the passes stay in the core's own L2 cache). On
 # CUDA as large as eval.chunk_size allows (fewer kernel launches). The result does not
 # depend on them.
 CPU_BLOCK_ROWS = 256
-CPU_BLOCK_ITEMS = 8 * CELL
+CPU_BLOCK_ITEMS = 16 * CELL
 # Pairs scored in float64 at once (memory of the re-done items stays bounded).
 PAIRS_PER_STEP = 1 << 16
 # Probe points for the sanity check of score_fn (non-decreasing, no NaN on finite input).

@@ -18,6 +18,7 @@ import torch
 
 from benchmarks import loss_bench, quality, recommend_bench, train_bench
 from benchmarks.common import Reporter, bf16_peak_tflops, human_count, parse_count
+from intentrec.ranking import CELL, CPU_BLOCK_ITEMS, CPU_BLOCK_ROWS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -215,8 +216,9 @@ def test_quick_run_values_are_sane(quick_run) -> None:
         )
         fast = by_name[f"eval/{cat}/mem_bound"]
         rows, items = fast["params"]["block"]
-        assert (rows, items) == (256, min(2048, -(-(fast["params"]["catalogue"] - 1) // 256) * 256))
-        tables = 9 * 512 * -(-(fast["params"]["catalogue"] - 1) // 256)
+        cells = -(-(fast["params"]["catalogue"] - 1) // CELL)
+        assert (rows, items) == (CPU_BLOCK_ROWS, min(CPU_BLOCK_ITEMS, cells * CELL))
+        tables = 9 * 512 * cells
         assert fast["value"] == pytest.approx((4 * rows * items + tables) / 2**20, rel=1e-4)
         assert by_name[f"eval/{cat}/rank_differences"]["value"] == 0
         assert by_name[f"eval/{cat}/float32_vs_float64"]["value"] > 0
