@@ -361,8 +361,12 @@ def _count_certain(
     # its items at exactly 1 (its decided items above).
     where = undecided.nonzero()  # [F, 3]: segment, cell, row; as picked
     twice = sums.add_(CELL).masked_fill_(undecided, 0.0)
-    twice = twice.view(item_blocks, row_blocks, -1, block_rows).sum((0, 2), dtype=torch.float64)
-    counts = twice.view(-1)[:n].long()  # [N]: exact (integers far below 2**53)
+    # Every partial sum is an integer <= 2 * V: exact in float32 (in any order) below
+    # 2**24; one reduction at a time (cells, then item blocks) is 15x faster than both in
+    # one call in float64.
+    exact = torch.float32 if 2 * num_items < 2**24 else torch.float64
+    twice = twice.view(item_blocks, row_blocks, -1, block_rows).to(exact).sum(2).sum(0)
+    counts = twice.view(-1)[:n].long()  # [N]
     first_item = (where[:, 0] // row_blocks) * block_items + where[:, 1] * CELL  # [F]
     row = (where[:, 0] % row_blocks) * block_rows + where[:, 2]  # [F]
     cells_d = torch.cat(picked)  # [F, CELL]
