@@ -39,8 +39,9 @@ from intentrec.data.features import (
     SortedEvents,
     genre_table,
     input_features,
+    input_statistics,
 )
-from intentrec.data.labels import intent_labels, target_weights
+from intentrec.data.labels import intent_labels, label_statistics, target_weights
 from intentrec.data.raw import RawTables
 from intentrec.data.schema import DataSchema, FeatureSpec, IntentSpec
 from intentrec.data.splits import SPLIT_NAMES, SplitResult, assign_splits, iso
@@ -313,23 +314,8 @@ def _features(
     (``partitioned.py``); genres: the items' genre table when already built. Raises
     DataError when the split leaves no training target (a partition may have none).
     """
-    events, items = raw.events, ids.items
-    event_columns = [c for c in events.columns if c not in ("user_id", "item_id", "timestamp")]
-    sorted_columns = (
-        events.select(event_columns)[ordered.event_row] if event_columns else pl.DataFrame()
-    )
-    ev = SortedEvents(
-        events=sorted_columns,
-        items=items,
-        item=ordered.item,
-        timestamp=ordered.timestamp,
-        is_first=ordered.is_first,
-        session_position=sessions.position,
-        split=split.tags,
-        hidden=hidden,
-        label_only=frozenset(raw.label_only_columns),
-        shared=shared if shared is not None else SharedStats(),
-    )
+    items = ids.items
+    ev = _sorted_events(raw, hidden, ids, ordered, sessions, split, shared)
     train_targets = ev.train_targets
     if not train_targets.any() and not partition:
         raise no_training_targets(source, str(data_cfg.split))
@@ -368,6 +354,64 @@ def _features(
         items_train_count,
         truncated,
     )
+
+
+def _sorted_events(
+    raw: RawTables,
+    hidden: frozenset[str],
+    ids: _Ids,
+    ordered: _Ordered,
+    sessions: _Sessions,
+    split: SplitResult,
+    shared: SharedStats | None,
+) -> SortedEvents:
+    """The events' columns in the total order, with their codes, sessions and split."""
+    events = raw.events
+    event_columns = [c for c in events.columns if c not in ("user_id", "item_id", "timestamp")]
+    sorted_columns = (
+        events.select(event_columns)[ordered.event_row] if event_columns else pl.DataFrame()
+    )
+    return SortedEvents(
+        events=sorted_columns,
+        items=ids.items,
+        item=ordered.item,
+        timestamp=ordered.timestamp,
+        is_first=ordered.is_first,
+        session_position=sessions.position,
+        split=split.tags,
+        hidden=hidden,
+        label_only=frozenset(raw.label_only_columns),
+        shared=shared if shared is not None else SharedStats(),
+    )
+
+
+def shared_statistics(
+    raw: RawTables,
+    data_cfg: Any,
+    hidden: frozenset[str],
+    ids: _Ids,
+    ordered: _Ordered,
+    sessions: _Sessions,
+    split: SplitResult,
+    shared: SharedStats,
+    source: str,
+) -> np.ndarray:
+    """What step 6 needs of all events, noted in ``shared``, without building any feature,
+    label or weight (a partition's pass 2 in ``partitioned.py``); returns the training
+    target count of each item id, int [I + 1]."""
+    ev = _sorted_events(raw, hidden, ids, ordered, sessions, split, shared)
+    names = _cfg_list(data_cfg.intents)
+    try:
+        input_statistics(ev)
+        label_statistics(
+            ev,
+            list(raw.intents) if names is None else names,
+            raw.weight_column,
+            str(data_cfg.duration_weight),
+        )
+    except DataError as err:  # they name the column or config key; add the source
+        raise DataError(f"{source}: {err}") from None
+    return np.bincount(ordered.item[ev.train_targets], minlength=ids.num_items + 1)
 
 
 def catalogue_genres(items: pl.DataFrame, source: str) -> GenreTable | None:

@@ -57,10 +57,11 @@ class SharedStats:
     """Statistics over all events that one partition of them cannot compute alone.
 
     The in-memory path computes each from its events (``given`` is empty) and notes it in
-    ``seen``. A partitioned preparation (``partitioned.py``) first builds every partition
-    to collect their ``seen``, merges them (:func:`merge_shared`), then builds each
-    partition again with the merged values ``given``, so that every partition codes, scales
-    and weighs its events exactly as the in-memory path does. Keys:
+    ``seen``. A partitioned preparation (``partitioned.py``) first collects every
+    partition's ``seen`` with :func:`input_statistics` and ``labels.label_statistics``
+    (the statistics only, no feature built), merges them (:func:`merge_shared`), then
+    builds each partition with the merged values ``given`` (``strict``), so that every
+    partition codes, scales and weighs its events exactly as the in-memory path does. Keys:
 
     - ``vocab/<column>``: sorted distinct text values of an events column;
     - ``labels/<column>``: (sorted labels, most labels of one row) of an events list column;
@@ -72,11 +73,20 @@ class SharedStats:
 
     given: dict[str, Any] = field(default_factory=dict)
     seen: dict[str, Any] = field(default_factory=dict)
+    # strict: every key must be given (a partition's build pass, whose pass 2 collected the
+    # statistics with ``input_statistics`` / ``labels.label_statistics``: a key they missed
+    # would otherwise be computed from this partition alone, silently).
+    strict: bool = False
 
     def get(self, key: str, compute: Callable[[], Any]) -> Any:
         """The given value of ``key``, else ``compute()`` (noted in ``seen``)."""
         if key in self.given:
             return self.given[key]
+        if self.strict:
+            raise RuntimeError(
+                f"shared statistic {key!r} was not collected over all events (a bug: "
+                "features.input_statistics or labels.label_statistics misses it)"
+            )
         value = compute()
         self.seen[key] = value
         return value
@@ -157,13 +167,22 @@ class SortedEvents:
         """
         if column not in self._codes:
             if column in self.events.columns:
-                series = self.events[column]
-                vocabulary = self.shared.get(f"vocab/{column}", lambda: text_vocabulary(series))
-                self._codes[column] = text_codes(series, vocabulary)
+                vocabulary = self.events_vocabulary(column)
+                self._codes[column] = text_codes(self.events[column], vocabulary)
             else:
                 item_codes, vocabulary = text_codes(self.items[column])
                 self._codes[column] = (_with_padding_row(item_codes, 0)[self.item], vocabulary)
         return self._codes[column]
+
+    def events_vocabulary(self, column: str) -> list[str]:
+        """The text values of an events column over all events (``SharedStats``)."""
+        series = self.events[column]
+        return self.shared.get(f"vocab/{column}", lambda: text_vocabulary(series))
+
+    def events_labels(self, column: str) -> tuple[list[str], int]:
+        """(labels, most labels of one row) of an events list column over all events."""
+        series = self.events[column]
+        return self.shared.get(f"labels/{column}", lambda: label_vocabulary(series))
 
     def is_multi(self, column: str) -> bool:
         """Whether an events (else items) column holds several labels per row (a list)."""
@@ -175,12 +194,9 @@ class SortedEvents:
         """The labels of a list column of events (else items) per event; memoised."""
         if column not in self._sets:
             if column in self.events.columns:
-                series = self.events[column]
-                vocabulary, most = self.shared.get(
-                    f"labels/{column}", lambda: label_vocabulary(series)
-                )
+                vocabulary, most = self.events_labels(column)
                 rows = np.arange(self.item.size)
-                self._sets[column] = label_sets(series, rows, vocabulary, most)
+                self._sets[column] = label_sets(self.events[column], rows, vocabulary, most)
             else:
                 self._sets[column] = label_sets(self.items[column], self.item.astype(np.int64) - 1)
         return self._sets[column]
@@ -247,6 +263,18 @@ def _item_column(ev: SortedEvents, column: str) -> pl.Series:
     return ev.items[column].gather(ev.item.astype(np.int64) - 1)
 
 
+def _train_max(
+    values: np.ndarray, valid: np.ndarray | None, train: np.ndarray, name: str, shared: SharedStats
+) -> float | None:
+    """Max of ``values`` over the valid training events of all events (``max/<name>``)."""
+
+    def train_max() -> float | None:
+        reference = values[train if valid is None else valid & train]
+        return float(reference.max()) if reference.size else None
+
+    return shared.get(f"max/{name}", train_max)
+
+
 def _scaled_log1p(
     values: np.ndarray,
     valid: np.ndarray | None,
@@ -260,11 +288,7 @@ def _scaled_log1p(
     name: the feature, whose training max ``shared`` holds as ``max/<name>``.
     """
 
-    def train_max() -> float | None:
-        reference = values[train if valid is None else valid & train]
-        return float(reference.max()) if reference.size else None
-
-    top = shared.get(f"max/{name}", train_max)
+    top = _train_max(values, valid, train, name, shared)
     scale = float(np.log1p(max(top, 0.0))) if top is not None else 0.0
     if scale <= 0.0:
         return np.zeros(values.shape, dtype=np.float32), scale
@@ -468,41 +492,21 @@ def input_features(
     if "rating" in ev.events.columns:
         categorical("rating", *_rating_codes(ev.events["rating"], shared))
 
-    event_extras, item_extras = ev.extra_columns()
-    taken = set(BUILTIN_FEATURES)
-    numeric_extras: list[tuple[str, pl.Series]] = []
-    for table, names in (("events", event_extras), ("items", item_extras)):
-        for name in names:
-            if name in taken:
-                raise DataError(
-                    f"{table} column {name!r}: name clashes with a built-in or another "
-                    "extra feature; rename the column"
-                )
-            taken.add(name)
-            frame = ev.events if table == "events" else ev.items
-            dtype = frame.schema[name]
-            if is_text(dtype):
-                categorical(name, *ev.codes(name))
-            elif name in ev.label_only:
-                continue
-            elif isinstance(dtype, pl.List) and is_text(dtype.inner):
-                sets = ev.label_sets(name)
-                cardinality = len(sets.vocabulary) + 1
-                vocabulary = [PAD_LABEL, *sets.vocabulary]
-                max_values = sets.codes.shape[1]
-                specs.append(
-                    FeatureSpec(name, "multi_categorical", cardinality, max_values, vocabulary)
-                )
-                arrays[name] = sets.codes  # [n, max_values]
-            elif dtype.is_numeric():
-                series = frame[name] if table == "events" else _item_column(ev, name)
-                numeric_extras.append((name, series))
-            else:
-                raise DataError(
-                    f"{table} column {name!r} has dtype {dtype}: extra columns must be text, "
-                    "boolean, numeric or a list of labels (convert or drop it in the recipe / "
-                    "logs mapping)"
-                )
+    numeric_extras: list[tuple[str, str]] = []
+    for table, name, kind in _extra_kinds(ev):
+        if kind == "text":
+            categorical(name, *ev.codes(name))
+        elif kind == "list":
+            sets = ev.label_sets(name)
+            cardinality = len(sets.vocabulary) + 1
+            vocabulary = [PAD_LABEL, *sets.vocabulary]
+            max_values = sets.codes.shape[1]
+            specs.append(
+                FeatureSpec(name, "multi_categorical", cardinality, max_values, vocabulary)
+            )
+            arrays[name] = sets.codes  # [n, max_values]
+        elif kind == "numeric":
+            numeric_extras.append((table, name))
 
     if genres is not None:
         cardinality = len(genres.vocabulary) + 1
@@ -525,33 +529,14 @@ def input_features(
     numeric("time_gap", np.minimum(gap, 1.0, out=gap))
     scales["time_gap"] = {"log1p_scale_s": GAP_SCALE_S}
 
-    if "duration" in ev.events.columns:
-        duration = ev.events["duration"].cast(pl.Float64).to_numpy()
-        valid = ~np.isnan(duration)
-        values, scale = _scaled_log1p(np.nan_to_num(duration), valid, train, "duration", shared)
-        numeric("duration", values)
-        scales["duration"] = {"train_max_log1p": scale}
+    for name, values, valid, scale_key in _log1p_inputs(ev):
+        values, scale = _scaled_log1p(values, valid, train, name, shared)
+        numeric(name, values)
+        scales[name] = {scale_key: scale}
 
-    if "release_ts" in ev.items.columns:
-        release, has_release = release_per_event(ev)
-        age_days = (ts - release) / 86400.0
-        values, scale = _scaled_log1p(age_days, has_release, train, "time_since_release", shared)
-        numeric("time_since_release", values)
-        scales["time_since_release"] = {"train_max_log1p_days": scale}
-
-    values, scale = _scaled_log1p(ev.session_position, None, train, "session_position", shared)
-    numeric("session_position", values)
-    scales["session_position"] = {"train_max_log1p": scale}
-
-    for name, series in numeric_extras:
-        raw = series.cast(pl.Float64).to_numpy()
-        valid = ~np.isnan(raw)
-
-        def train_range(raw: np.ndarray = raw, valid: np.ndarray = valid) -> tuple | None:
-            reference = raw[valid & train]
-            return (float(reference.min()), float(reference.max())) if reference.size else None
-
-        low, high = shared.get(f"range/{name}", train_range) or (0.0, 0.0)
+    for table, name in numeric_extras:
+        raw, valid = _numeric_extra(ev, table, name)
+        low, high = _train_range(raw, valid, train, name, shared) or (0.0, 0.0)
         span = high - low
         scaled = np.clip((np.nan_to_num(raw) - low) / span, 0, 1) if span > 0 else 0.0 * raw
         numeric(name, np.where(valid, scaled, 0.0))
@@ -559,12 +544,115 @@ def input_features(
     return specs, arrays, scales
 
 
+def input_statistics(ev: SortedEvents) -> None:
+    """Note in ``ev.shared`` every statistic of all events that :func:`input_features`
+    reads, and nothing else is computed: a partitioned preparation's pass 2 needs only
+    these of each partition (``partitioned.py``). Built from the same helpers as
+    :func:`input_features`, so the two cannot disagree on which statistics there are; a
+    build given the merged statistics refuses one that is missing (``SharedStats.strict``).
+    """
+    train, shared = ev.train_events, ev.shared
+    if "action_type" in ev.events.columns:
+        ev.events_vocabulary("action_type")
+    if "rating" in ev.events.columns:
+        _rating_vocabulary(ev.events["rating"], shared)
+    for table, name, kind in _extra_kinds(ev):
+        if kind == "text" and table == "events":
+            ev.events_vocabulary(name)
+        elif kind == "list" and table == "events":
+            ev.events_labels(name)
+        elif kind == "numeric":
+            _train_range(*_numeric_extra(ev, table, name), train, name, shared)
+    for name, values, valid, _ in _log1p_inputs(ev):
+        _train_max(values, valid, train, name, shared)
+
+
+def _extra_kinds(ev: SortedEvents) -> list[tuple[str, str, str]]:
+    """(table, name, kind) of each extra column of events then items, in table order: kind
+    ``text`` (coded; also when label-only, as an intent may use its codes), ``list``
+    (multi-categorical), ``numeric`` or ``label_only`` (a list or numeric column that is
+    only a next-event label). Raises DataError on a name clash or an unusable dtype."""
+    event_extras, item_extras = ev.extra_columns()
+    taken = set(BUILTIN_FEATURES)
+    kinds: list[tuple[str, str, str]] = []
+    for table, names in (("events", event_extras), ("items", item_extras)):
+        for name in names:
+            if name in taken:
+                raise DataError(
+                    f"{table} column {name!r}: name clashes with a built-in or another "
+                    "extra feature; rename the column"
+                )
+            taken.add(name)
+            dtype = (ev.events if table == "events" else ev.items).schema[name]
+            if is_text(dtype):
+                kinds.append((table, name, "text"))
+            elif name in ev.label_only:
+                kinds.append((table, name, "label_only"))
+            elif isinstance(dtype, pl.List) and is_text(dtype.inner):
+                kinds.append((table, name, "list"))
+            elif dtype.is_numeric():
+                kinds.append((table, name, "numeric"))
+            else:
+                raise DataError(
+                    f"{table} column {name!r} has dtype {dtype}: extra columns must be text, "
+                    "boolean, numeric or a list of labels (convert or drop it in the recipe / "
+                    "logs mapping)"
+                )
+    return kinds
+
+
+def _log1p_inputs(
+    ev: SortedEvents,
+) -> list[tuple[str, np.ndarray, np.ndarray | None, str]]:
+    """(feature, raw values, valid mask or None, scale key) of the log1p-scaled numeric
+    inputs these tables have, in feature order: duration, time_since_release (days),
+    session_position."""
+    inputs: list[tuple[str, np.ndarray, np.ndarray | None, str]] = []
+    if "duration" in ev.events.columns:
+        duration = ev.events["duration"].cast(pl.Float64).to_numpy()
+        valid = ~np.isnan(duration)
+        inputs.append(("duration", np.nan_to_num(duration), valid, "train_max_log1p"))
+    if "release_ts" in ev.items.columns:
+        release, has_release = release_per_event(ev)
+        age_days = (ev.timestamp - release) / 86400.0
+        inputs.append(("time_since_release", age_days, has_release, "train_max_log1p_days"))
+    inputs.append(("session_position", ev.session_position, None, "train_max_log1p"))
+    return inputs
+
+
+def _numeric_extra(ev: SortedEvents, table: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 values per event, valid mask) of a numeric extra column of events or items."""
+    series = ev.events[name] if table == "events" else _item_column(ev, name)
+    raw = series.cast(pl.Float64).to_numpy()
+    return raw, ~np.isnan(raw)
+
+
+def _train_range(
+    raw: np.ndarray, valid: np.ndarray, train: np.ndarray, name: str, shared: SharedStats
+) -> tuple[float, float] | None:
+    """(min, max) of a numeric extra over the valid training events of all events."""
+
+    def train_range() -> tuple[float, float] | None:
+        reference = raw[valid & train]
+        return (float(reference.min()), float(reference.max())) if reference.size else None
+
+    return shared.get(f"range/{name}", train_range)
+
+
+def _rating_vocabulary(rating: pl.Series, shared: SharedStats) -> list[float]:
+    """The sorted distinct ratings of all events."""
+
+    def distinct() -> list[float]:
+        values = rating.cast(pl.Float64).to_numpy()
+        return np.unique(values[~np.isnan(values)]).tolist()
+
+    return shared.get("rating", distinct)
+
+
 def _rating_codes(rating: pl.Series, shared: SharedStats) -> tuple[np.ndarray, list[str]]:
     values = rating.cast(pl.Float64).to_numpy()
     valid = ~np.isnan(values)
-    distinct = np.asarray(
-        shared.get("rating", lambda: np.unique(values[valid]).tolist()), dtype=np.float64
-    )
+    distinct = np.asarray(_rating_vocabulary(rating, shared), dtype=np.float64)
     codes = np.where(valid, np.searchsorted(distinct, np.nan_to_num(values)) + 1, 0)
     integral = bool(np.all(distinct == np.round(distinct)))
     names = [str(int(v)) if integral else f"{v:g}" for v in distinct]

@@ -66,12 +66,7 @@ def intent_labels(
     Any other name: the text value of that events (else items) column; a list column
         (a logs mapping's ``type: multi``) is a multi-label intent like genre.
     """
-    valid = available_intents(ev)
-    unknown = [n for n in names if n not in valid]
-    if unknown:
-        raise DataError(
-            f"data.intents: unknown intent {unknown[0]!r}; valid for this dataset: {valid}"
-        )
+    _check_intents(ev, names)
     specs: list[IntentSpec] = []
     arrays: dict[str, np.ndarray] = {}
     info: dict[str, Any] = {}
@@ -127,6 +122,33 @@ def intent_labels(
     return specs, arrays, info
 
 
+def label_statistics(
+    ev: SortedEvents, names: list[str], weight_column: str | None, weight_mode: str
+) -> None:
+    """Note in ``ev.shared`` every statistic of all events that :func:`intent_labels` and
+    :func:`target_weights` read, computing nothing else (``features.input_statistics``)."""
+    _check_intents(ev, names)
+    for name in names:
+        if name in ("genre", "release_bucket", "engagement"):
+            continue  # items' genres and release dates, fixed classes: nothing shared
+        if name not in KNOWN_INTENTS and ev.is_multi(name):
+            if name in ev.events.columns:
+                ev.events_labels(name)
+        elif (column := KNOWN_INTENTS.get(name, ("events", name))[1]) in ev.events.columns:
+            ev.events_vocabulary(column)
+    if weight_mode != "none" and weight_column is not None:
+        _weight_total(ev, *_raw_weights(ev, weight_column, weight_mode))
+
+
+def _check_intents(ev: SortedEvents, names: list[str]) -> None:
+    valid = available_intents(ev)
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise DataError(
+            f"data.intents: unknown intent {unknown[0]!r}; valid for this dataset: {valid}"
+        )
+
+
 def _release_buckets(ev: SortedEvents, edges_days: list[int]) -> tuple[np.ndarray, int]:
     edges = np.asarray(sorted(edges_days), dtype=np.float64)
     if edges.size == 0 or np.any(np.diff(edges) <= 0):
@@ -159,10 +181,8 @@ def target_weights(
         if mode != "none":
             log.info("duration weight %r: the dataset has no weight column; all weights 1", mode)
         return np.ones(n, dtype=np.float32), info
-    values = ev.events[column].cast(pl.Float64).to_numpy()
-    has_value = ~np.isnan(values)
-    raw = np.log1p(np.maximum(values, 0.0)) if mode == "log1p" else values
-    total = ev.shared.get("weight", lambda: ExactSum.of(raw[has_value & ev.train_targets]))
+    raw, has_value = _raw_weights(ev, column, mode)
+    total = _weight_total(ev, raw, has_value)
     if total.count == 0:
         log.warning("duration weight: no training target has a %r value; all weights 1", column)
         info["events_without_value"] = int((~has_value).sum())
@@ -177,6 +197,19 @@ def target_weights(
     weights = np.where(has_value, raw / mean, 1.0).astype(np.float32)
     info.update({"train_mean_raw": mean, "events_without_value": int((~has_value).sum())})
     return weights, info
+
+
+def _raw_weights(ev: SortedEvents, column: str, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """(raw weight per event: log1p(max(v, 0)) or v, has a value) of the weight column."""
+    values = ev.events[column].cast(pl.Float64).to_numpy()
+    has_value = ~np.isnan(values)
+    raw = np.log1p(np.maximum(values, 0.0)) if mode == "log1p" else values
+    return raw, has_value
+
+
+def _weight_total(ev: SortedEvents, raw: np.ndarray, has_value: np.ndarray) -> ExactSum:
+    """The exact sum of the training targets' raw weights over all events."""
+    return ev.shared.get("weight", lambda: ExactSum.of(raw[has_value & ev.train_targets]))
 
 
 def _class_counts(labels: np.ndarray, num_classes: int, train_targets: np.ndarray) -> list[int]:

@@ -13,10 +13,11 @@ in three passes over the partitions, each holding one partition at a time:
    ids, the ids of their events' items and (temporal split) the kept events' timestamps
    give the user ids (sorted original ids, as in one piece), the catalogue and the split's
    cutoffs (or, random_user, every user's tag);
-2. **collect**: each partition builds its features and notes the statistics that only all
-   events determine (``features.SharedStats``: text vocabularies, training maxima and
-   ranges, the exact weight sum); merged (``features.merge_shared``), with each user's
-   event and session count and the items' training-target counts;
+2. **collect**: each partition is sorted, sessionised and split, and notes the statistics
+   that only all events determine (``features.SharedStats``: text vocabularies, training
+   maxima and ranges, the exact weight sum; ``build.shared_statistics``, which builds no
+   feature); merged (``features.merge_shared``), with each user's event and session count
+   and the items' training-target counts;
 3. **build**: each partition is built again with the merged statistics given and written
    as shard files; :func:`_merge` then writes each array of the cache in its order (users
    in id order, as in one piece) a window of users at a time, reading every shard once.
@@ -61,6 +62,7 @@ from intentrec.data.build import (
     event_counts,
     no_training_targets,
     no_users_left,
+    shared_statistics,
 )
 from intentrec.data.cache import CacheWriter, array_file
 from intentrec.data.engines import Engine
@@ -383,15 +385,24 @@ def _split(ordered: _Ordered, global_user: np.ndarray, glob: _Global, data_cfg: 
     return result
 
 
-def _build_part(
-    part: _Part, glob: _Global, ctx: _Context, shared: SharedStats
-) -> tuple[_Ordered, _Sessions, SplitResult, _Features, np.ndarray]:
-    """Steps 3-6 of ``build`` on one partition (its users' codes local, in global order)."""
+def _ordered_part(
+    part: _Part, glob: _Global, ctx: _Context
+) -> tuple[_Ids, np.ndarray, _Ordered, _Sessions, SplitResult]:
+    """Steps 3-5 of ``build`` on one partition (its users' codes local, in global order):
+    its ids, the global code of each local user, its events sorted, sessions and split."""
     ids, global_user = _part_ids(part, glob)
     timestamp = part.raw.events["timestamp"].to_numpy()
     ordered = _sort_events(timestamp, part.kept, ids, part.user_raw, part.item_raw)
     sessions = _sessionise(ordered, int(ctx.data_cfg.session_gap_s))
     split = _split(ordered, global_user, glob, ctx.data_cfg)
+    return ids, global_user, ordered, sessions, split
+
+
+def _build_part(
+    part: _Part, glob: _Global, ctx: _Context, shared: SharedStats
+) -> tuple[_Ordered, _Sessions, SplitResult, _Features, np.ndarray]:
+    """Steps 3-6 of ``build`` on one partition (its users' codes local, in global order)."""
+    ids, global_user, ordered, sessions, split = _ordered_part(part, glob, ctx)
     feats = _features(
         part.raw,
         ctx.data_cfg,
@@ -427,13 +438,16 @@ def _collect_task(p: int, ctx: _Context, glob: _Global) -> _Collected | None:
     if not part.kept.rows.size:
         return None
     shared = SharedStats()
-    ordered, sessions, _, feats, global_user = _build_part(part, glob, ctx, shared)
+    ids, global_user, ordered, sessions, split = _ordered_part(part, glob, ctx)
+    items_train_count = shared_statistics(
+        part.raw, ctx.data_cfg, ctx.hidden, ids, ordered, sessions, split, shared, ctx.source
+    )
     return _Collected(
         shared.seen,
         global_user[1:],
         np.diff(ordered.user_offsets),
         np.add.reduceat(sessions.new_session, ordered.user_offsets[:-1]),
-        feats.items_train_count,
+        items_train_count,
     )
 
 
@@ -480,7 +494,7 @@ def _build_task(p: int, ctx: _Context, glob: _Global, shards: Path) -> _Built:
     if not part.kept.rows.size:
         return built
     ordered, sessions, split, feats, global_user = _build_part(
-        part, glob, ctx, SharedStats(given=glob.shared)
+        part, glob, ctx, SharedStats(given=glob.shared, strict=True)
     )
     arrays = _cache_arrays(ordered, sessions, split, feats)
     for key in _GLOBAL_ARRAYS:

@@ -199,3 +199,37 @@ def test_bad_partition_keys_are_one_line_naming_the_key(tmp_path: Path) -> None:
     synthetic = SyntheticConfig(users=50, items=40, chunk_users=10, hidden_intent=True)
     with pytest.raises(DataError, match="'data.synthetic.chunk_users'"):
         prepare(data_config(tmp_path, synthetic=synthetic, partitions=2))
+
+
+def test_label_only_columns_and_extra_intents_in_partitions(tmp_path: Path) -> None:
+    # Label-only text, list and numeric columns (coded for intents, never inputs) and a
+    # text extra used as an intent: each branch of the statistics pass 2 collects.
+    raw = extras_raw()
+    rng = np.random.default_rng(2)
+    n = raw.events.height
+    events = raw.events.with_columns(
+        pl.Series("mood", [("calm", "tense", None)[k] for k in rng.integers(0, 3, n)], pl.Utf8),
+        pl.Series(
+            "topics",
+            [rng.choice(["p", "q", "r"], rng.integers(0, 3)).tolist() for _ in range(n)],
+            dtype=pl.List(pl.Utf8),
+        ),
+        pl.Series("pace", rng.normal(0, 1, n)),
+    )
+    raw.events = events
+    raw.intents = [*raw.intents, "device", "mood", "topics"]
+    raw.label_only_columns = ["mood", "topics", "pace"]
+    whole, parted = prepared_both(tmp_path, raw, 4, intents=None)
+    assert_same_cache(whole, parted)
+    schema = json.loads((whole / "schema.json").read_text())
+    assert {"device", "mood", "topics"} <= {i["name"] for i in schema["intents"]}
+    inputs = {f["name"] for f in schema["features"]}
+    assert "device" in inputs and not {"mood", "topics", "pace"} & inputs
+
+
+def test_a_statistic_that_pass_2_misses_fails_the_build_loudly(tmp_path: Path) -> None:
+    # Without pass 2's statistics a partition would code by its own vocabulary, silently
+    # unlike the in-memory cache; the build pass refuses instead.
+    with mock.patch("intentrec.data.build.input_statistics", lambda ev: None):
+        with pytest.raises(RuntimeError, match=r"shared statistic '.+' was not collected"):
+            prepare(data_config(tmp_path, partitions=3), tiny_raw())
