@@ -619,6 +619,7 @@ def _merge(
         np.lib.format.write_array_header_2_0(fp, header)
         files[key] = fp
     hidden_writer = None
+    buffer = np.empty(0, dtype=np.uint8)
     try:
         for first, last in _windows(user_offsets, window_events):  # users first+1..last
             start = int(user_offsets[first])
@@ -633,10 +634,13 @@ def _merge(
                     position = np.repeat(shift, np.diff(shard.offsets[j0 : j1 + 1]))
                     pieces.append((shard, lo, hi, position + np.arange(lo, hi)))
             for key, (dtype, trailing) in layout.items():
-                window = np.empty((size, *trailing), dtype=dtype)
+                nbytes = size * int(np.prod(trailing, dtype=np.int64)) * np.dtype(dtype).itemsize
+                if buffer.size < nbytes:  # one buffer for every array: no fresh pages each
+                    buffer = np.empty(nbytes, dtype=np.uint8)
+                window = buffer[:nbytes].view(dtype).reshape(size, *trailing)
                 for shard, lo, hi, position in pieces:
                     window[position] = np.load(shard.file(key), mmap_mode="r")[lo:hi]
-                files[key].write(window.tobytes())
+                files[key].write(window.reshape(-1).view(np.uint8))  # no copy (tobytes is one)
             frames = [
                 pl.scan_parquet(shard.folder / "hidden.parquet")
                 .slice(lo, hi - lo)
