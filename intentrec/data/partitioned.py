@@ -81,6 +81,9 @@ from intentrec.data.splits import (
 
 log = logging.getLogger(__name__)
 
+# A shard's hidden columns: Arrow IPC, uncompressed (temporary, sliced by every window of
+# the merge without decoding what comes before the slice, as parquet would).
+_HIDDEN_SHARD = "hidden.arrow"
 WINDOW_EVENTS = 1 << 22  # events per window of the merge (memory: one window per array)
 # Arrays of the whole cache, not of a partition's events: written once from the summaries.
 _GLOBAL_ARRAYS = ("user_offsets", "items_train_count")
@@ -516,7 +519,7 @@ def _build_task(p: int, ctx: _Context, glob: _Global, shards: Path) -> _Built:
         np.save(shard.file(key), array)
     frame = _hidden_frame(feats.ev, ctx.hidden)
     if frame.width:
-        frame.write_parquet(shard.folder / "hidden.parquet")
+        frame.write_ipc(shard.folder / _HIDDEN_SHARD, compression="uncompressed")
         shard.hidden = True
     built.counts = event_counts(
         ordered, sessions, split, _local_users(ordered), glob.items_train_count
@@ -641,16 +644,19 @@ def _merge(
                 for shard, lo, hi, position in pieces:
                     window[position] = np.load(shard.file(key), mmap_mode="r")[lo:hi]
                 files[key].write(window.reshape(-1).view(np.uint8))  # no copy (tobytes is one)
-            frames = [
-                pl.scan_parquet(shard.folder / "hidden.parquet")
-                .slice(lo, hi - lo)
-                .collect()
-                .with_columns(pl.Series("_position", position))
-                for shard, lo, hi, position in pieces
-                if shard.hidden
-            ]
-            if frames:
-                table = pl.concat(frames).sort("_position").drop("_position").to_arrow()
+            hidden_pieces = [piece for piece in pieces if piece[0].hidden]
+            if hidden_pieces and len(hidden_pieces) != len(pieces):  # one schema for all
+                raise RuntimeError("merge: hidden columns in some partitions' shards only")
+            if hidden_pieces:
+                frames = [
+                    pl.scan_ipc(shard.folder / _HIDDEN_SHARD).slice(lo, hi - lo).collect()
+                    for shard, lo, hi, _ in hidden_pieces
+                ]
+                # The pieces' positions are a permutation of the window: gather by its
+                # inverse (linear) instead of sorting by position.
+                inverse = np.empty(size, dtype=np.int64)
+                inverse[np.concatenate([p for *_, p in hidden_pieces])] = np.arange(size)
+                table = pl.concat(frames)[inverse].to_arrow()
                 if hidden_writer is None:
                     hidden_writer = pq.ParquetWriter(writer.table_file("hidden"), table.schema)
                 hidden_writer.write_table(table)
