@@ -273,7 +273,11 @@ def run(
     quick: bool,
     tmp: str | None = None,
     partitions: int = PARTITIONS,
+    extras: bool = True,
 ) -> None:
+    """Each size in one piece (up to ``IN_MEMORY_MAX``) and in partitions, then the scaling
+    ratios; extras: also the training loader on each partitioned cache, the same log read as
+    a user's parquet files, and on Ray when it is installed."""
     sizes = sorted(sizes or (QUICK_SIZES if quick else DEFAULT_SIZES))
     whole: list[dict[str, Any]] = []
     parted: list[dict[str, Any]] = []
@@ -284,9 +288,11 @@ def run(
                 whole.append(result)
         if partitions > 1:
             count = max(partitions, -(-size // EVENTS_PER_PARTITION))
-            result = _run_size(rep, size, count, tmp, loader=True)
+            result = _run_size(rep, size, count, tmp, loader=extras)
             if result is not None:
                 parted.append(result)
+                if not extras:
+                    continue
                 _run_logs(rep, size, count, tmp)  # the same log as a user's parquet files
                 if _has_ray():
                     on_ray = _run_size(rep, size, count, tmp, engine="ray")

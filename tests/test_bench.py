@@ -264,6 +264,24 @@ def test_quick_run_writes_jsonl_and_markdown(quick_run) -> None:
     assert "IntentRec benchmarks" in stdout  # the table follows the JSON lines
 
 
+def test_data_core_runs_the_preparations_only(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--only", "data", "--data-core"]
+        + ["--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = {json.loads(line)["name"] for line in proc.stdout.splitlines() if line.startswith("{")}
+    for size in ("20k", "100k"):
+        assert {f"data/{size}/total", f"data/{size}/p8/total"} <= names
+    assert "data/scaling/partitioned/100k_vs_20k/time_per_event_ratio" in names
+    assert not [n for n in names if "/loader/" in n or "logs_chunked" in n or "/ray" in n]
+
+
 def test_quality_without_runs_is_a_note(tmp_path: Path) -> None:
     rep = Reporter(tmp_path / "out")
     quality.run(rep, tmp_path / "no-runs")
