@@ -321,8 +321,7 @@ def _features(
         raise no_training_targets(source, str(data_cfg.split))
     if genres is None:
         genres = catalogue_genres(items, source)
-    names = _cfg_list(data_cfg.intents)
-    intent_names = list(raw.intents) if names is None else names
+    intent_names = _intent_names(raw, data_cfg)
     buckets = [int(d) for d in data_cfg.release_buckets_days]
     try:
         feature_specs, feature_arrays, scales = input_features(ev, genres)
@@ -400,18 +399,20 @@ def shared_statistics(
     label or weight (a partition's pass 2 in ``partitioned.py``); returns the training
     target count of each item id, int [I + 1]."""
     ev = _sorted_events(raw, hidden, ids, ordered, sessions, split, shared)
-    names = _cfg_list(data_cfg.intents)
     try:
         input_statistics(ev)
         label_statistics(
-            ev,
-            list(raw.intents) if names is None else names,
-            raw.weight_column,
-            str(data_cfg.duration_weight),
+            ev, _intent_names(raw, data_cfg), raw.weight_column, str(data_cfg.duration_weight)
         )
     except DataError as err:  # they name the column or config key; add the source
         raise DataError(f"{source}: {err}") from None
     return np.bincount(ordered.item[ev.train_targets], minlength=ids.num_items + 1)
+
+
+def _intent_names(raw: RawTables, data_cfg: Any) -> list[str]:
+    """``data.intents``, else every intent the recipe offers."""
+    names = _cfg_list(data_cfg.intents)
+    return list(raw.intents) if names is None else names
 
 
 def catalogue_genres(items: pl.DataFrame, source: str) -> GenreTable | None:
