@@ -516,7 +516,7 @@ def _build_task(p: int, ctx: _Context, glob: _Global, shards: Path) -> _Built:
     shard.folder.mkdir(parents=True)
     for key, array in arrays.items():
         built.layout[key] = (array.dtype, array.shape[1:])
-        np.save(shard.file(key), array)
+        np.save(shard.file(key), np.ascontiguousarray(array))  # read by offset in _merge
     frame = _hidden_frame(feats.ev, ctx.hidden)
     if frame.width:
         frame.write_ipc(shard.folder / _HIDDEN_SHARD, compression="uncompressed")
@@ -601,6 +601,20 @@ class _Shard:
     def file(self, key: str) -> Path:
         return self.folder / array_file(key)
 
+    def data_offset(self, key: str) -> int:
+        """Byte offset of the data of array ``key``'s .npy file (after its header)."""
+        with open(self.file(key), "rb") as fp:
+            major, _ = np.lib.format.read_magic(fp)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if major == 1
+                else (np.lib.format.read_array_header_2_0)
+            )
+            shape, fortran_order, _ = read(fp)
+            if fortran_order and len(shape) > 1:  # never: shards are saved C-contiguous
+                raise RuntimeError(f"{self.file(key)}: a Fortran-ordered shard array")
+            return fp.tell()
+
 
 def _merge(
     shards: list[_Shard],
@@ -623,34 +637,44 @@ def _merge(
         files[key] = fp
     hidden_writer = None
     buffer = np.empty(0, dtype=np.uint8)
+    # Each window reads a slice of every shard's arrays: by offset into the file, the
+    # headers read once (np.load per slice parsed the header each time: 0.3 ms, which at
+    # 100M events in 34 partitions is 25 windows x 34 shards x 20 arrays = 17k times).
+    offsets = {(s, key): shard.data_offset(key) for s, shard in enumerate(shards) for key in layout}
     try:
         for first, last in _windows(user_offsets, window_events):  # users first+1..last
             start = int(user_offsets[first])
             size = int(user_offsets[last]) - start
             pieces = []
-            for shard in shards:
+            for s, shard in enumerate(shards):
                 j0, j1 = np.searchsorted(shard.global_user, [first + 1, last + 1])
                 if j1 > j0:
                     lo, hi = int(shard.offsets[j0]), int(shard.offsets[j1])
                     shift = user_offsets[shard.global_user[j0:j1] - 1] - start
                     shift -= shard.offsets[j0:j1]
                     position = np.repeat(shift, np.diff(shard.offsets[j0 : j1 + 1]))
-                    pieces.append((shard, lo, hi, position + np.arange(lo, hi)))
+                    pieces.append((s, lo, hi, position + np.arange(lo, hi)))
             for key, (dtype, trailing) in layout.items():
                 nbytes = size * int(np.prod(trailing, dtype=np.int64)) * np.dtype(dtype).itemsize
                 if buffer.size < nbytes:  # one buffer for every array: no fresh pages each
                     buffer = np.empty(nbytes, dtype=np.uint8)
                 window = buffer[:nbytes].view(dtype).reshape(size, *trailing)
-                for shard, lo, hi, position in pieces:
-                    window[position] = np.load(shard.file(key), mmap_mode="r")[lo:hi]
+                row = int(np.prod(trailing, dtype=np.int64))  # values per event
+                for s, lo, hi, position in pieces:
+                    window[position] = np.fromfile(
+                        shards[s].file(key),
+                        dtype=dtype,
+                        count=(hi - lo) * row,
+                        offset=offsets[(s, key)] + lo * row * np.dtype(dtype).itemsize,
+                    ).reshape(hi - lo, *trailing)
                 files[key].write(window.reshape(-1).view(np.uint8))  # no copy (tobytes is one)
-            hidden_pieces = [piece for piece in pieces if piece[0].hidden]
+            hidden_pieces = [piece for piece in pieces if shards[piece[0]].hidden]
             if hidden_pieces and len(hidden_pieces) != len(pieces):  # one schema for all
                 raise RuntimeError("merge: hidden columns in some partitions' shards only")
             if hidden_pieces:
                 frames = [
-                    pl.scan_ipc(shard.folder / _HIDDEN_SHARD).slice(lo, hi - lo).collect()
-                    for shard, lo, hi, _ in hidden_pieces
+                    pl.scan_ipc(shards[s].folder / _HIDDEN_SHARD).slice(lo, hi - lo).collect()
+                    for s, lo, hi, _ in hidden_pieces
                 ]
                 # The pieces' positions are a permutation of the window: gather by its
                 # inverse (linear) instead of sorting by position.
