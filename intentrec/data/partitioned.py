@@ -603,17 +603,10 @@ class _Shard:
 
     def data_offset(self, key: str) -> int:
         """Byte offset of the data of array ``key``'s .npy file (after its header)."""
-        with open(self.file(key), "rb") as fp:
-            major, _ = np.lib.format.read_magic(fp)
-            read = (
-                np.lib.format.read_array_header_1_0
-                if major == 1
-                else (np.lib.format.read_array_header_2_0)
-            )
-            shape, fortran_order, _ = read(fp)
-            if fortran_order and len(shape) > 1:  # never: shards are saved C-contiguous
-                raise RuntimeError(f"{self.file(key)}: a Fortran-ordered shard array")
-            return fp.tell()
+        mapped = np.load(self.file(key), mmap_mode="r")  # numpy parses the header
+        if not mapped.flags.c_contiguous:  # never: shards are saved C-contiguous
+            raise RuntimeError(f"{self.file(key)}: a Fortran-ordered shard array")
+        return int(mapped.offset)
 
 
 def _merge(
@@ -655,11 +648,11 @@ def _merge(
                     position = np.repeat(shift, np.diff(shard.offsets[j0 : j1 + 1]))
                     pieces.append((s, lo, hi, position + np.arange(lo, hi)))
             for key, (dtype, trailing) in layout.items():
-                nbytes = size * int(np.prod(trailing, dtype=np.int64)) * np.dtype(dtype).itemsize
+                row = int(np.prod(trailing, dtype=np.int64))  # values per event
+                nbytes = size * row * np.dtype(dtype).itemsize
                 if buffer.size < nbytes:  # one buffer for every array: no fresh pages each
                     buffer = np.empty(nbytes, dtype=np.uint8)
                 window = buffer[:nbytes].view(dtype).reshape(size, *trailing)
-                row = int(np.prod(trailing, dtype=np.int64))  # values per event
                 for s, lo, hi, position in pieces:
                     window[position] = np.fromfile(
                         shards[s].file(key),
